@@ -1,0 +1,87 @@
+"""The interface every recurrent cell shares.
+
+A cell is built from a typed config (a dataclass that round-trips through the model spec) and a
+:class:`CellContext` that tells it the shapes around it. At every step it maps
+
+    (x, state, res, fb) -> (out, new_state)
+
+where ``x`` is the pre-memory output, ``state`` a tuple of tensors (empty for stateless cells),
+``res`` the layer's feedforward input (for residual paths) and ``fb`` a dict from entry point
+(``input``/``cell``/``out``) to the concatenated non-feedforward inputs. ``init_state`` gives the zero
+state with a batch of 1; the unroller broadcasts it. A state entry of ``None`` stands for zeros of
+the input's shape (used by the time-decay memory, which also serves (B, C) readouts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from convrnn.errors import SpecError
+
+State = tuple[Tensor, ...]
+
+
+@dataclass
+class CellContext:
+    """Shapes around a cell: channels of ``x``, the map it runs on, its residual and feedback inputs."""
+
+    in_channels: int
+    hw: tuple[int, int]
+    res_channels: int
+    fb_channels: dict[str, int] = field(default_factory=dict)
+    res_hw: tuple[int, int] | None = None
+
+
+@dataclass
+class CellConfig:
+    """Base of every cell config; subclasses set ``type`` and add their own fields."""
+
+    type: ClassVar[str] = ""
+    takes_feedback: ClassVar[bool] = False
+
+    def check(self, where: str) -> None:
+        """Validate fields that need no context; raise :class:`SpecError` naming ``where.field``."""
+
+    def output_channels(self, in_channels: int) -> int:
+        """Depth of the cell's output given the depth of ``x``."""
+        return getattr(self, "out_channels", None) or in_channels
+
+    def check_context(self, ctx: CellContext, where: str) -> None:
+        """Validate against the surrounding shapes (e.g. channels that cannot work)."""
+        if ctx.fb_channels and not self.takes_feedback:
+            raise SpecError(f"{where}: cell {self.type!r} takes no feedback input")
+
+    def build(self, ctx: CellContext) -> Cell:
+        raise NotImplementedError
+
+
+def positive(where: str, **values: int) -> None:
+    for name, v in values.items():
+        if v is not None and v < 1:
+            raise SpecError(f"{where}.{name}: must be positive, got {v}")
+
+
+class Cell(nn.Module):
+    """A recurrent cell: ``forward(x, state, res=None, fb=None) -> (out, new_state)``."""
+
+    out_channels: int
+
+    def __init__(self, ctx: CellContext) -> None:
+        super().__init__()
+        self.hw = ctx.hw
+
+    def state_channels(self) -> tuple[int, ...]:
+        """Channels of each state tensor (zeros of shape (1, C, H, W) at t=0)."""
+        return ()
+
+    def init_state(self, like: Tensor) -> State:
+        h, w = self.hw
+        return tuple(like.new_zeros(1, c, h, w) for c in self.state_channels())
+
+    def forward(
+        self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, State]:
+        raise NotImplementedError

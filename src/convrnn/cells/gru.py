@@ -1,0 +1,65 @@
+"""Convolutional GRU cell (the reference's ``ConvGRUCell``).
+
+    [r^, u^] = W_g * [x_t, h_{t-1}] + b_g            (b_g initialised to 1)
+    r = sigmoid(r^ + forget_bias),   u = sigmoid(u^)
+    c = tanh( W_c * [x_t, r . h_{t-1}] + b_c )
+    h_t = u . h_{t-1} + (1 - u) . c
+
+``[a, b]`` concatenates channels (input first, then state); ``forget_bias`` is 1 in the reference.
+With ``layer_norm`` each of r^, u^ and the candidate pre-activation is layer-normalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from convrnn.cells.base import Cell, CellConfig, CellContext, State, positive
+from convrnn.ops import SameConv2d, TFLayerNorm, cat_channels
+
+
+@dataclass
+class GRUConfig(CellConfig):
+    type = "gru"
+    out_channels: int | None = None
+    kernel: int = 3
+    forget_bias: float = 1.0
+    layer_norm: bool = False
+
+    def check(self, where: str) -> None:
+        positive(where, out_channels=self.out_channels, kernel=self.kernel)
+
+    def build(self, ctx: CellContext) -> Cell:
+        return GRUCell(self, ctx)
+
+
+class GRUCell(Cell):
+    def __init__(self, cfg: GRUConfig, ctx: CellContext) -> None:
+        super().__init__(ctx)
+        c = cfg.out_channels or ctx.in_channels
+        self.out_channels = c
+        self.forget_bias = cfg.forget_bias
+        self.gates = SameConv2d(ctx.in_channels + c, 2 * c, cfg.kernel)
+        self.candidates = SameConv2d(ctx.in_channels + c, c, cfg.kernel)
+        nn.init.ones_(self.gates.bias)
+        self.norms = nn.ModuleList(TFLayerNorm(c) for _ in range(3)) if cfg.layer_norm else None
+
+    def state_channels(self) -> tuple[int, ...]:
+        return (self.out_channels,)
+
+    def forward(
+        self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, State]:
+        (h,) = state
+        r_pre, u_pre = self.gates(cat_channels([x, h])).chunk(2, dim=1)
+        if self.norms is not None:
+            r_pre, u_pre = self.norms[0](r_pre), self.norms[1](u_pre)
+        r = torch.sigmoid(r_pre + self.forget_bias)
+        u = torch.sigmoid(u_pre)
+        c_pre = self.candidates(cat_channels([x, r * h]))
+        if self.norms is not None:
+            c_pre = self.norms[2](c_pre)
+        h = u * h + (1 - u) * torch.tanh(c_pre)
+        return h, (h,)

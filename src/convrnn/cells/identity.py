@@ -1,0 +1,34 @@
+"""Identity cell: a purely feedforward layer.
+
+    out_t = x_t
+
+No state, no parameters. Use it for layers with no memory at all; the reference's non-cell layers
+keep a (frozen) decaying memory instead, see :mod:`convrnn.cells.timedecay`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from convrnn.cells.base import Cell, CellConfig, CellContext, State
+
+
+@dataclass
+class IdentityConfig(CellConfig):
+    type = "identity"
+
+    def build(self, ctx: CellContext) -> Cell:
+        return IdentityCell(ctx)
+
+
+class IdentityCell(Cell):
+    def __init__(self, ctx: CellContext) -> None:
+        super().__init__(ctx)
+        self.out_channels = ctx.in_channels
+
+    def forward(
+        self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, State]:
+        return x, state

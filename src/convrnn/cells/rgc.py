@@ -1,0 +1,264 @@
+"""Reciprocal Gated Cell (RGC), with the whole search space of Nayebi et al. 2018/2022 as options.
+
+A cell state ``c`` (depth C = ``cell_channels``) and an output state ``h`` (depth D = the input's
+depth) gate each other. With ``x`` the pre-memory output, ``r`` the layer's feedforward input and
+``f_e`` the feedback entering at ``e``::
+
+    x~   = act_in( x [+ act_fb(B_in * f_input)] )
+    c_in = [input_to_cell: F * x~] [+ cell_residual: F_r * r] [+ act_fb(B_c * f_cell)]
+    tau_c  = T_c * c  [+ input_to_tau: * x~] [+ residual_to_cell_tau: * r]
+    gate_c = G_c * h  [+ input_to_gate: * x~] [+ residual_to_cell_gate: * r]
+    c_t  = act_c( (o_tau + k_tau phi_tau(tau_c)) . c + (o_gate + k_gate phi_gate(gate_c)) . c_in )
+
+    h_in = (input_to_out ? W_io * x~ : x~) [+ cell_to_out: G_o * c] [+ out_residual: P(r)]
+           [+ act_fb(B_o * f_out)]
+    tau_h  = T_h * h  [+ input_to_tau: * x~] [+ residual_to_out_tau: * r]
+    gate_h = (cell_to_out ? 0 : G_h * c) [+ input_to_gate: * x~] [+ residual_to_out_gate: * r]
+    h_t  = act_h( (o_tau + k_tau phi_tau(tau_h)) . h + (o_gate + k_gate phi_gate(gate_h)) . h_in )
+
+All gates read the states of step t-1. ``*`` is a stride-1 SAME convolution, depthwise-separable
+(depthwise kxk + pointwise 1x1 + bias) where its ``*_separable`` flag says so; its kernel is clamped to
+the feature-map size, as the reference does. ``P`` is the identity, or a bias-free 1x1 projection
+where channels differ (after a bilinear resize where the map differs). ``gate_kernel=0`` removes the
+cell (only ``h`` remains). ``layer_norm`` normalises c_t and h_t before their activations.
+
+Biases, as the reference: regular convolutions carry a bias iff ``conv_bias`` (off in the shallow
+zoo cell, whose convolutions have none; on in the searched "median" cell); separable ones always
+carry one; the ``input_to_*``/``residual_to_*`` add-in convolutions never do. The constants
+``tau_bias``/``gate_bias`` are added to *regular* tau/gate (and cell_to_out) convolutions only, so
+with separable ones (the median cell) they have no effect: the reference's dead parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from convrnn.cells.base import Cell, CellConfig, CellContext, State, positive
+from convrnn.errors import SpecError
+from convrnn.ops import ResidualAdd, TFLayerNorm, activation, make_conv, resize_to
+
+_ACTIVATION_FIELDS = (
+    "tau_nonlinearity",
+    "gate_nonlinearity",
+    "input_activation",
+    "feedback_activation",
+    "cell_activation",
+    "out_activation",
+)
+
+
+@dataclass
+class RGCConfig(CellConfig):
+    type = "rgc"
+    takes_feedback = True
+
+    cell_channels: int | None = None
+    tau_kernel: int = 3
+    gate_kernel: int = 3
+    ff_kernel: int = 3
+    in_out_kernel: int = 3
+    feedback_kernel: int = 1
+    cell_tau_kernel: int | None = None
+    tau_separable: bool = False
+    gate_separable: bool = False
+    ff_separable: bool = False
+    in_out_separable: bool = False
+    feedback_separable: bool = False
+    ds_repeat: bool = False
+    tau_nonlinearity: str = "sigmoid"
+    gate_nonlinearity: str = "sigmoid"
+    tau_offset: float = 1.0
+    tau_multiplier: float = -1.0
+    gate_offset: float = 1.0
+    gate_multiplier: float = -1.0
+    tau_bias: float = 0.0
+    gate_bias: float = 0.0
+    input_activation: str = "identity"
+    feedback_activation: str = "identity"
+    cell_activation: str = "elu"
+    out_activation: str = "elu"
+    input_to_cell: bool = True
+    input_to_out: bool = False
+    cell_to_out: bool = False
+    cell_residual: bool = False
+    out_residual: bool = False
+    residual_to_cell_tau: bool = False
+    residual_to_cell_gate: bool = False
+    residual_to_out_tau: bool = False
+    residual_to_out_gate: bool = False
+    input_to_tau: bool = False
+    input_to_gate: bool = False
+    conv_bias: bool = False
+    layer_norm: bool = False
+
+    def check(self, where: str) -> None:
+        positive(
+            where,
+            cell_channels=self.cell_channels,
+            tau_kernel=self.tau_kernel,
+            ff_kernel=self.ff_kernel,
+            in_out_kernel=self.in_out_kernel,
+            feedback_kernel=self.feedback_kernel,
+            cell_tau_kernel=self.cell_tau_kernel,
+        )
+        if self.gate_kernel < 0:
+            raise SpecError(f"{where}.gate_kernel: must be >= 0 (0 removes the cell), got {self.gate_kernel}")
+        for name in _ACTIVATION_FIELDS:
+            try:
+                activation(getattr(self, name))
+            except ValueError as e:
+                raise SpecError(f"{where}.{name}: {e}") from None
+        if self.use_cell and not (self.input_to_cell or self.cell_residual):
+            raise SpecError(f"{where}.input_to_cell: the cell needs an input (input_to_cell or cell_residual)")
+
+    @property
+    def use_cell(self) -> bool:
+        return self.gate_kernel > 0
+
+    def build(self, ctx: CellContext) -> Cell:
+        return RGCCell(self, ctx)
+
+
+class RGCCell(Cell):
+    def __init__(self, cfg: RGCConfig, ctx: CellContext) -> None:
+        super().__init__(ctx)
+        self.cfg = cfg
+        d = ctx.in_channels
+        cc = cfg.cell_channels or d
+        self.out_channels, self.cell_channels = d, cc
+        hw, rc = ctx.hw, ctx.res_channels
+        bias = cfg.conv_bias
+
+        def conv(cin: int, cout: int, k: int, separable: bool, add_in: bool = False) -> nn.Module:
+            return make_conv(
+                cin, cout, k, hw, separable=separable, bias=(separable or bias) and not add_in, repeat=cfg.ds_repeat
+            )
+
+        self.tau_act = activation(cfg.tau_nonlinearity)
+        self.gate_act = activation(cfg.gate_nonlinearity)
+        self.in_act = activation(cfg.input_activation)
+        self.fb_act = activation(cfg.feedback_activation)
+        self.cell_act = activation(cfg.cell_activation)
+        self.out_act = activation(cfg.out_activation)
+        # Constants added to regular tau/gate convolutions (see the module docstring).
+        self.tau_const = 0.0 if cfg.tau_separable else cfg.tau_bias
+        self.gate_const = 0.0 if cfg.gate_separable else cfg.gate_bias
+
+        fb = ctx.fb_channels
+        fb_out = {"input": d, "cell": cc, "out": d}
+        self.feedback = nn.ModuleDict(
+            {e: conv(c, fb_out[e], cfg.feedback_kernel, cfg.feedback_separable) for e, c in fb.items()}
+        )
+        if "cell" in fb and not cfg.use_cell:
+            raise SpecError("feedback enters at 'cell' but the RGC has no cell (gate_kernel=0)")
+
+        ctk = cfg.cell_tau_kernel or cfg.tau_kernel
+        if cfg.use_cell:
+            self.cell_in = conv(d, cc, cfg.ff_kernel, cfg.ff_separable) if cfg.input_to_cell else None
+            self.cell_res = conv(rc, cc, cfg.ff_kernel, cfg.ff_separable) if cfg.cell_residual else None
+            self.cell_tau = conv(cc, cc, ctk, cfg.tau_separable)
+            self.cell_gate = conv(d, cc, cfg.gate_kernel, cfg.gate_separable)
+            self.cell_in_tau = conv(d, cc, ctk, False, add_in=True) if cfg.input_to_tau else None
+            self.cell_res_tau = conv(rc, cc, ctk, False, add_in=True) if cfg.residual_to_cell_tau else None
+            self.cell_in_gate = conv(d, cc, cfg.gate_kernel, False, add_in=True) if cfg.input_to_gate else None
+            self.cell_res_gate = (
+                conv(rc, cc, cfg.gate_kernel, False, add_in=True) if cfg.residual_to_cell_gate else None
+            )
+            self.cell_norm = TFLayerNorm(cc) if cfg.layer_norm else None
+            # cell_to_out feeds c into h's input instead of gating h with it.
+            self.out_gate = None if cfg.cell_to_out else conv(cc, d, cfg.gate_kernel, cfg.gate_separable)
+            self.cell_to_out = conv(cc, d, cfg.gate_kernel, cfg.gate_separable) if cfg.cell_to_out else None
+        else:
+            self.out_gate = self.cell_to_out = None
+        self.out_in = conv(d, d, cfg.in_out_kernel, cfg.in_out_separable) if cfg.input_to_out else None
+        self.out_res = ResidualAdd(rc, d, resize=ctx.res_hw not in (None, hw)) if cfg.out_residual else None
+        self.out_tau = conv(d, d, cfg.tau_kernel, cfg.tau_separable)
+        self.out_in_tau = conv(d, d, cfg.tau_kernel, False, add_in=True) if cfg.input_to_tau else None
+        self.out_res_tau = conv(rc, d, cfg.tau_kernel, False, add_in=True) if cfg.residual_to_out_tau else None
+        gk = cfg.gate_kernel or cfg.tau_kernel
+        self.out_in_gate = conv(d, d, gk, False, add_in=True) if cfg.input_to_gate else None
+        self.out_res_gate = conv(rc, d, gk, False, add_in=True) if cfg.residual_to_out_gate else None
+        self.out_norm = TFLayerNorm(d) if cfg.layer_norm else None
+
+    def state_channels(self) -> tuple[int, ...]:
+        return (self.cell_channels, self.out_channels) if self.cfg.use_cell else (self.out_channels,)
+
+    def _fb(self, fb: dict[str, Tensor] | None, entry: str) -> Tensor | None:
+        if not fb or entry not in fb:
+            return None
+        return self.fb_act(self.feedback[entry](resize_to(fb[entry], self.hw)))
+
+    def forward(
+        self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, State]:
+        cfg = self.cfg
+        # Add-in convolutions read r on the cell's map; ResidualAdd resizes (and projects) by itself.
+        r = resize_to(res, self.hw) if res is not None else None
+        f = self._fb(fb, "input")
+        if f is not None:
+            x = x + f
+        x = self.in_act(x)
+
+        if cfg.use_cell:
+            c, h = state
+            terms = []
+            if self.cell_res is not None:
+                terms.append(self.cell_res(r))
+            if self.cell_in is not None:
+                terms.append(self.cell_in(x))
+            f = self._fb(fb, "cell")
+            if f is not None:
+                terms.append(f)
+            c_in = _sum(terms)
+            tau = _add_ins(_plus(self.cell_tau(c), self.tau_const), (self.cell_in_tau, x), (self.cell_res_tau, r))
+            gate = _add_ins(_plus(self.cell_gate(h), self.gate_const), (self.cell_in_gate, x), (self.cell_res_gate, r))
+            c_new = (cfg.tau_offset + cfg.tau_multiplier * self.tau_act(tau)) * c + (
+                cfg.gate_offset + cfg.gate_multiplier * self.gate_act(gate)
+            ) * c_in
+            if self.cell_norm is not None:
+                c_new = self.cell_norm(c_new)
+            c_new = self.cell_act(c_new)
+        else:
+            (h,) = state
+            c = None
+
+        h_in = self.out_in(x) if self.out_in is not None else x
+        if self.cell_to_out is not None:
+            h_in = h_in + _plus(self.cell_to_out(c), self.gate_const)
+        if self.out_res is not None:
+            h_in = self.out_res(h_in, res)
+        f = self._fb(fb, "out")
+        if f is not None:
+            h_in = h_in + f
+        tau = _add_ins(_plus(self.out_tau(h), self.tau_const), (self.out_in_tau, x), (self.out_res_tau, r))
+        gate = _plus(self.out_gate(c), self.gate_const) if self.out_gate is not None else None
+        gate = _add_ins(gate, (self.out_in_gate, x), (self.out_res_gate, r))
+        if gate is None:
+            gate = h_in.new_zeros(())
+        h_new = (cfg.tau_offset + cfg.tau_multiplier * self.tau_act(tau)) * h + (
+            cfg.gate_offset + cfg.gate_multiplier * self.gate_act(gate)
+        ) * h_in
+        if self.out_norm is not None:
+            h_new = self.out_norm(h_new)
+        h_new = self.out_act(h_new)
+        return h_new, ((c_new, h_new) if cfg.use_cell else (h_new,))
+
+
+def _plus(t: Tensor, k: float) -> Tensor:
+    return t + k if k else t
+
+
+def _sum(terms: list[Tensor]) -> Tensor:
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
+
+
+def _add_ins(base: Tensor | None, *pairs: tuple[nn.Module | None, Tensor | None]) -> Tensor | None:
+    for conv, inp in pairs:
+        if conv is not None:
+            base = conv(inp) if base is None else base + conv(inp)
+    return base

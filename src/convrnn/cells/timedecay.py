@@ -1,0 +1,53 @@
+"""Time-decay cell (the reference's ``memory``): a leaky integrator with one scalar per layer.
+
+    s_t = a * s_{t-1} + x_t,    out_t = s_t,    s_{-1} = 0
+
+``a`` is used as is (no sigmoid, unconstrained). With ``trainable=False`` it is a frozen buffer: the
+reference gives every non-cell layer such a memory with ``a = 0`` (so out_t = x_t), and its
+checkpoints store that value, so it stays part of the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from convrnn.cells.base import Cell, CellConfig, CellContext, State
+
+
+@dataclass
+class TimeDecayConfig(CellConfig):
+    type = "timedecay"
+    decay: float = 0.0
+    trainable: bool = True
+
+    def build(self, ctx: CellContext) -> Cell:
+        return TimeDecayCell(self, ctx)
+
+
+class TimeDecayCell(Cell):
+    def __init__(self, cfg: TimeDecayConfig, ctx: CellContext) -> None:
+        super().__init__(ctx)
+        self.out_channels = ctx.in_channels
+        self.channels = ctx.in_channels
+        value = torch.tensor([cfg.decay], dtype=torch.float32)
+        if cfg.trainable:
+            self.decay = nn.Parameter(value)
+        else:
+            self.register_buffer("decay", value)
+
+    def state_channels(self) -> tuple[int, ...]:
+        return (self.channels,)
+
+    def init_state(self, like: Tensor) -> State:
+        # The state takes the shape of the input: it also serves (B, C) readouts.
+        return (None,)  # type: ignore[return-value]
+
+    def forward(
+        self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, State]:
+        (s,) = state
+        s = x if s is None else self.decay * s + x  # s_{-1} = 0: skip the multiply-by-zero
+        return s, (s,)

@@ -1,0 +1,1 @@
+"""Data: stimulus presentation (and, later, datasets)."""

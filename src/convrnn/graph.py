@@ -1,0 +1,288 @@
+"""From a :class:`~convrnn.spec.ModelSpec` to modules: shape inference, harbors, layers.
+
+Shapes are inferred analytically from the spec (no dummy forward passes): each layer's input is its
+feedforward source's output, extra inputs are resized to it, and every op maps a shape to a shape.
+The :class:`Layer` module runs one step of one area:
+
+    harbor: feedforward input first, then the other inputs sorted by layer name, each resized to the
+            feedforward input's size (bilinear, align_corners=True). Cells without a feedback path
+            see them concatenated before the pre-memory ops; an RGC gets them split off by entry
+            point (input / cell / out), the pre-memory ops seeing only the feedforward part.
+    pre ops -> cell -> post ops  (``Residual`` ops add the harbor output, as ``residual_add``)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from convrnn.cells import CellContext, State
+from convrnn.errors import SpecError
+from convrnn.ops import ResidualAdd, SameConv2d, activation, cat_channels, max_pool_same, resize_to, same_out, valid_out
+from convrnn.spec import Activation, Conv, GlobalAvgPool, Linear, MaxPool, ModelSpec, Op, Residual
+
+Shape = tuple[int, ...]  # (C, H, W) for maps, (C,) for vectors
+
+
+@dataclass
+class LayerPlan:
+    """Inferred shapes around one layer."""
+
+    name: str
+    index: int
+    depth: int
+    ff_source: str | None
+    input_shape: Shape  # the feedforward input
+    concat_sources: list[str] = field(default_factory=list)  # concatenated before the pre ops
+    feedback_sources: dict[str, list[str]] = field(default_factory=dict)  # entry -> sources
+    cell_input_shape: Shape = ()
+    output_shape: Shape = ()
+
+
+def plan_model(spec: ModelSpec) -> dict[str, LayerPlan]:
+    """Infer every layer's shapes; raise :class:`SpecError` where channels or sizes cannot work."""
+    spec.validate()
+    depth = ModelSpec._ff_depths(
+        {e.target: e.source for e in spec.edges if e.kind == "feedforward"}, spec.layers[0].name
+    )
+    order = sorted(range(len(spec.layers)), key=lambda i: depth[spec.layers[i].name])
+    plans: dict[str, LayerPlan] = {}
+    for i in order:
+        layer = spec.layers[i]
+        src = spec.feedforward_input(layer.name)
+        in_shape = (spec.in_channels, spec.image_size, spec.image_size) if src is None else plans[src].output_shape
+        plan = LayerPlan(layer.name, i, depth[layer.name], src, in_shape)
+        extras = sorted((e for e in spec.inputs_of(layer.name) if e.kind != "feedforward"), key=lambda e: e.source)
+        for e in extras:
+            if layer.cell.takes_feedback:
+                plan.feedback_sources.setdefault(e.entry, []).append(e.source)
+            else:
+                plan.concat_sources.append(e.source)
+        plans[layer.name] = plan
+    # Output shapes do not depend on extra inputs except through the pre ops' input channels, so a
+    # first pass without extras gives every source's shape; the second pass includes them.
+    for pass_ in (0, 1):
+        for i in order:
+            layer, plan = spec.layers[i], plans[spec.layers[i].name]
+            if plan.ff_source is not None:
+                plan.input_shape = plans[plan.ff_source].output_shape
+            shape = plan.input_shape
+            if pass_ == 1 and plan.concat_sources:
+                shape = (
+                    shape[0] + sum(_extra_channels(plans, s, layer.name, plan) for s in plan.concat_sources),
+                    *shape[1:],
+                )
+            if pass_ == 1:
+                for srcs in plan.feedback_sources.values():
+                    for s in srcs:
+                        _extra_channels(plans, s, layer.name, plan)
+            shape = _ops_shape(layer.pre, shape, f"layers[{i}].pre", res_shape=shape)
+            plan.cell_input_shape = shape
+            cell_out = layer.cell.output_channels(shape[0])
+            if layer.cell.type not in ("identity", "timedecay") and len(shape) != 3:
+                raise SpecError(f"layers[{i}].cell: cell {layer.cell.type!r} needs a spatial input, got shape {shape}")
+            shape = (cell_out, *shape[1:])
+            out = _ops_shape(layer.post, shape, f"layers[{i}].post", res_shape=_res_shape(plan, layer, pass_, plans))
+            if pass_ == 1 and out != plan.output_shape:
+                raise SpecError(f"layers[{i}]: output shape {out} depends on its extra inputs; give it a conv")
+            plan.output_shape = out
+    return plans
+
+
+def _extra_channels(plans: dict[str, LayerPlan], src: str, target: str, plan: LayerPlan) -> int:
+    shape = plans[src].output_shape
+    if len(shape) != 3 or len(plan.input_shape) != 3:
+        raise SpecError(f"edges: {src}->{target} needs spatial maps on both ends (got {shape} -> {plan.input_shape})")
+    return shape[0]
+
+
+def _res_shape(plan: LayerPlan, layer, pass_: int, plans: dict[str, LayerPlan]) -> Shape:
+    shape = plan.input_shape
+    if pass_ == 1 and plan.concat_sources:
+        shape = (shape[0] + sum(plans[s].output_shape[0] for s in plan.concat_sources), *shape[1:])
+    return shape
+
+
+def _ops_shape(ops: list[Op], shape: Shape, where: str, res_shape: Shape) -> Shape:
+    for j, op in enumerate(ops):
+        w = f"{where}[{j}]"
+        if isinstance(op, Conv):
+            if len(shape) != 3:
+                raise SpecError(f"{w}: conv needs a spatial input, got shape {shape}")
+            _c, h, wd = shape
+            if op.padding == "same":
+                shape = (op.out_channels, same_out(h, op.stride), same_out(wd, op.stride))
+            else:
+                kh, kw = (min(op.kernel, h), min(op.kernel, wd)) if op.clamp_kernel else (op.kernel, op.kernel)
+                if kh > h or kw > wd:
+                    raise SpecError(f"{w}: {op.kernel}x{op.kernel} VALID conv on a {h}x{wd} map (set clamp_kernel)")
+                shape = (op.out_channels, valid_out(h, kh, op.stride), valid_out(wd, kw, op.stride))
+        elif isinstance(op, MaxPool):
+            if len(shape) != 3:
+                raise SpecError(f"{w}: maxpool needs a spatial input, got shape {shape}")
+            shape = (shape[0], same_out(shape[1], op.stride), same_out(shape[2], op.stride))
+        elif isinstance(op, GlobalAvgPool):
+            if len(shape) != 3:
+                raise SpecError(f"{w}: global average pool needs a spatial input, got shape {shape}")
+            shape = (shape[0],)
+        elif isinstance(op, Linear):
+            if len(shape) != 1:
+                raise SpecError(f"{w}: fc needs a (B, C) input; add a 'gap' op first (got shape {shape})")
+            shape = (op.out_features,)
+        elif isinstance(op, Residual) and (len(shape) != 3 or len(res_shape) != 3):
+            raise SpecError(f"{w}: residual needs spatial maps, got {res_shape} -> {shape}")
+    return shape
+
+
+# ----------------------------------------------------------------------------------------------
+# Op modules
+# ----------------------------------------------------------------------------------------------
+
+
+class ConvOp(nn.Module):
+    def __init__(self, op: Conv, in_shape: Shape) -> None:
+        super().__init__()
+        k: int | tuple[int, int] = op.kernel
+        if op.clamp_kernel:
+            k = (min(op.kernel, in_shape[1]), min(op.kernel, in_shape[2]))
+        self.conv = SameConv2d(in_shape[0], op.out_channels, k, op.stride, op.bias, op.padding)
+        self.bn = nn.BatchNorm2d(op.out_channels) if op.batch_norm else None
+        self.act = activation(op.activation)
+
+    def forward(self, x: Tensor, res: Tensor | None) -> Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return self.act(x)
+
+
+class MaxPoolOp(nn.Module):
+    def __init__(self, op: MaxPool) -> None:
+        super().__init__()
+        self.k, self.s = op.kernel, op.stride
+
+    def forward(self, x: Tensor, res: Tensor | None) -> Tensor:
+        return max_pool_same(x, self.k, self.s)
+
+
+class GlobalAvgPoolOp(nn.Module):
+    def forward(self, x: Tensor, res: Tensor | None) -> Tensor:
+        return x.mean(dim=(-2, -1))
+
+
+class LinearOp(nn.Module):
+    def __init__(self, op: Linear, in_shape: Shape) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_shape[0], op.out_features, bias=op.bias)
+
+    def forward(self, x: Tensor, res: Tensor | None) -> Tensor:
+        return self.fc(x)
+
+
+class ActivationOp(nn.Module):
+    def __init__(self, op: Activation) -> None:
+        super().__init__()
+        self.name = op.fn
+        self.fn = activation(op.fn)
+
+    def forward(self, x: Tensor, res: Tensor | None) -> Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class ResidualOp(nn.Module):
+    def __init__(self, res_shape: Shape, shape: Shape) -> None:
+        super().__init__()
+        self.add = ResidualAdd(res_shape[0], shape[0], resize=res_shape[1:] != shape[1:])
+
+    def forward(self, x: Tensor, res: Tensor | None) -> Tensor:
+        return self.add(x, res)
+
+
+def _build_ops(ops: list[Op], shape: Shape, res_shape: Shape) -> tuple[nn.ModuleList, Shape]:
+    mods = nn.ModuleList()
+    for op in ops:
+        if isinstance(op, Conv):
+            mods.append(ConvOp(op, shape))
+        elif isinstance(op, MaxPool):
+            mods.append(MaxPoolOp(op))
+        elif isinstance(op, GlobalAvgPool):
+            mods.append(GlobalAvgPoolOp())
+        elif isinstance(op, Linear):
+            mods.append(LinearOp(op, shape))
+        elif isinstance(op, Activation):
+            mods.append(ActivationOp(op))
+        elif isinstance(op, Residual):
+            mods.append(ResidualOp(res_shape, shape))
+        shape = _ops_shape([op], shape, "", res_shape)
+    return mods, shape
+
+
+class Layer(nn.Module):
+    """One area: harbor -> pre -> cell -> post, for one time step."""
+
+    def __init__(self, spec: ModelSpec, plan: LayerPlan, plans: dict[str, LayerPlan]) -> None:
+        super().__init__()
+        layer = spec.layers[plan.index]
+        self.name = layer.name
+        self.plan = plan
+        in_shape = plan.input_shape
+        self.in_hw = tuple(in_shape[1:]) if len(in_shape) == 3 else None
+        res_shape = in_shape
+        if plan.concat_sources:
+            res_shape = (in_shape[0] + sum(plans[s].output_shape[0] for s in plan.concat_sources), *in_shape[1:])
+        self.pre, shape = _build_ops(layer.pre, res_shape, res_shape)
+        fb_channels = {e: sum(plans[s].output_shape[0] for s in srcs) for e, srcs in plan.feedback_sources.items()}
+        ctx = CellContext(
+            in_channels=shape[0],
+            hw=tuple(shape[1:]) if len(shape) == 3 else (),
+            res_channels=res_shape[0],
+            fb_channels=fb_channels,
+            res_hw=tuple(res_shape[1:]) if len(res_shape) == 3 else None,
+        )
+        layer.cell.check_context(ctx, f"layers[{plan.index}].cell")
+        self.cell = layer.cell.build(ctx)
+        shape = (self.cell.out_channels, *shape[1:])
+        self.post, shape = _build_ops(layer.post, shape, res_shape)
+        self.has_batchnorm = any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
+
+    def init_state(self, like: Tensor) -> State:
+        return self.cell.init_state(like)
+
+    def forward(self, ff: Tensor, extras: list[Tensor], state: State) -> tuple[Tensor, State]:
+        """One step. ``extras`` follow ``plan.concat_sources`` then ``plan.feedback_sources`` order."""
+        plan = self.plan
+        fb: dict[str, Tensor] | None = None
+        if extras:
+            extras = [resize_to(e, self.in_hw) for e in extras]
+            n = len(plan.concat_sources)
+            if n:
+                ff = cat_channels([ff, *extras[:n]])
+            if plan.feedback_sources:
+                fb, k = {}, n
+                for entry, srcs in plan.feedback_sources.items():
+                    fb[entry] = cat_channels(extras[k : k + len(srcs)])
+                    k += len(srcs)
+        res = ff
+        x = ff
+        for op in self.pre:
+            x = op(x, res)
+        x, state = self.cell(x, state, res=res, fb=fb)
+        for op in self.post:
+            x = op(x, res)
+        return x, state
+
+    def extra_sources(self) -> list[str]:
+        srcs = list(self.plan.concat_sources)
+        for s in self.plan.feedback_sources.values():
+            srcs.extend(s)
+        return srcs
+
+
+def zeros_like_output(plan: LayerPlan, like: Tensor) -> Tensor:
+    """The zero stand-in for a layer's output before step 0 (batch of 1; broadcast later)."""
+    return torch.zeros((1, *plan.output_shape), dtype=like.dtype, device=like.device)

@@ -1,0 +1,169 @@
+"""The ConvRNN module: a spec, its layers, and time as a first-class argument."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from convrnn.data.presentation import make_stimulus
+from convrnn.graph import Layer, plan_model
+from convrnn.readout import decode
+from convrnn.spec import ModelSpec, PresentationSpec
+from convrnn.unroll import MODES, first_stimulus_steps, unroll
+
+
+@dataclass
+class ConvRNNOutput:
+    """What a forward pass returns: per-step logits and the decoded prediction."""
+
+    logits: Tensor  # (T, B, num_classes), one row per step
+    decoded: Tensor  # (B, num_classes), by the spec's readout decoder
+
+
+class ConvRNN(nn.Module):
+    """A convolutional recurrent network unrolled in time.
+
+    ``model(images, times=16)`` shows (B, C, H, W) images per the presentation (or takes a video
+    (B, T, C, H, W)) and returns :class:`ConvRNNOutput`. ``model.features(images, areas, times)``
+    returns ``feats[area][t]``. Step t covers ``[t * step_ms, (t + 1) * step_ms)`` ms after onset.
+
+    Args:
+        spec: the architecture.
+        unroll: ``"biological"`` (every edge costs a step; the reference) or ``"standard"``.
+        fast: use the fast schedule (exactly the naive one's numbers, less work; see
+            :mod:`convrnn.unroll`).
+    """
+
+    def __init__(self, spec: ModelSpec, unroll: str = "biological", fast: bool = True) -> None:
+        super().__init__()
+        if unroll not in MODES:
+            raise ValueError(f"unroll: unknown mode {unroll!r} (known: {', '.join(MODES)})")
+        self.spec = spec
+        self.plans = plan_model(spec)
+        self.order = sorted(self.plans, key=lambda n: (self.plans[n].depth, self.plans[n].index))
+        self.layers = nn.ModuleDict(
+            {layer.name: Layer(spec, self.plans[layer.name], self.plans) for layer in spec.layers}
+        )
+        self.unroll_mode = unroll
+        self.fast = fast
+        self.pretrained_cfg: dict[str, Any] | None = None
+
+    # --- facts ---------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.plans[self.spec.readout.layer].output_shape[0]
+
+    def first_stimulus_steps(self) -> dict[str, float]:
+        """The first step at which each layer's output depends on the stimulus."""
+        return first_stimulus_steps(self.spec, self.unroll_mode)
+
+    def step_window_ms(self, t: int) -> tuple[float, float]:
+        """The time window (ms after stimulus onset) that step ``t`` stands for."""
+        return t * self.spec.step_ms, (t + 1) * self.spec.step_ms
+
+    def area_layers(self, area: str) -> list[str]:
+        """The layers behind an area name: a layer itself, or an alias such as ``V4`` or ``IT``."""
+        if area in self.layers:
+            return [area]
+        if area in self.spec.areas:
+            return list(self.spec.areas[area])
+        known = ", ".join([*self.spec.areas, *self.layers])
+        raise KeyError(f"areas: unknown area {area!r} (known: {known})")
+
+    # --- running -------------------------------------------------------------------------------
+    def _run(
+        self,
+        x: Tensor,
+        record: dict[str, set[int] | None],
+        times: int | None,
+        presentation: PresentationSpec | str | None,
+        image_off: int | None,
+    ) -> tuple[dict[str, dict[int, Tensor]], int]:
+        """Unroll; ``record[layer]`` lists the steps to return (``None``: every step)."""
+        if x.dim() in (4, 5) and x.shape[-3] != self.spec.in_channels:
+            raise ValueError(f"images: expected {self.spec.in_channels} channels, got shape {tuple(x.shape)}")
+        stimulus, implied = make_stimulus(x, presentation, image_off=image_off, default=self.spec.presentation)
+        if times is None:
+            times = implied or self.spec.times
+        if stimulus.video is not None and times > stimulus.video.shape[1]:
+            raise ValueError(f"times: {times} steps asked but the video has {stimulus.video.shape[1]} frames")
+        if times < 1:
+            raise ValueError(f"times: must be >= 1, got {times}")
+        # Shared (batch-1) activity must not meet BatchNorm in training mode: its batch statistics
+        # would differ. Fall back to the naive schedule there.
+        fast = self.fast and not (self.training and any(layer.has_batchnorm for layer in self.layers.values()))
+        steps = {k: set(range(times)) if v is None else {t for t in v if t < times} for k, v in record.items()}
+        out = unroll(
+            self.spec, self.layers, self.plans, self.order, stimulus, times, steps, mode=self.unroll_mode, fast=fast
+        )
+        return out, times
+
+    def forward(
+        self,
+        x: Tensor,
+        times: int | None = None,
+        presentation: PresentationSpec | str | None = None,
+        image_off: int | None = None,
+    ) -> ConvRNNOutput:
+        """Per-step logits (T, B, K) and the decoded prediction (B, K).
+
+        Args:
+            x: images (B, C, H, W), already normalised, or a video (B, T, C, H, W).
+            times: steps to unroll (default: the presentation's, else the spec's).
+            presentation: ``default``, ``neural``, ``constant`` or a :class:`PresentationSpec`.
+            image_off: override the first blank step.
+        """
+        readout = self.spec.readout.layer
+        out, times = self._run(x, {readout: None}, times, presentation, image_off)
+        logits = torch.stack([out[readout][t] for t in range(times)])
+        return ConvRNNOutput(logits=logits, decoded=self.decode(logits))
+
+    def decode(self, logits: Tensor) -> Tensor:
+        """Apply the spec's readout decoder to (T, B, K) logits."""
+        r = self.spec.readout
+        start = int(self.first_stimulus_steps()[r.layer])
+        return decode(logits, r.decoder, window=r.window, threshold=r.threshold, start=min(start, logits.shape[0] - 1))
+
+    def features(
+        self,
+        x: Tensor,
+        areas: Iterable[str] | None = None,
+        times: Iterable[int] | int | None = None,
+        presentation: PresentationSpec | str | None = None,
+        image_off: int | None = None,
+    ) -> dict[str, dict[int, Tensor]]:
+        """Features per area and step: ``feats[area][t]``.
+
+        A layer name gives its output as is, e.g. (B, C, H, W); an area alias (``V4``, ``pIT``,
+        ``cIT-aIT``, ``IT``) gives its layers' outputs flattened and concatenated, (B, N).
+        ``times``: the steps to return (an int n means ``range(n)``; default: every step of the
+        presentation). Only what these outputs need is computed.
+        """
+        areas = list(areas) if areas is not None else list(self.layers)
+        if isinstance(times, int):
+            steps = list(range(times))
+        elif times is None:
+            steps = None
+        else:
+            steps = sorted(set(times))
+            if steps and steps[0] < 0:
+                raise ValueError(f"times: steps must be >= 0, got {steps[0]}")
+        n_times = (steps[-1] + 1) if steps else None
+        layer_sets = {a: self.area_layers(a) for a in areas}
+        wanted = set(steps) if steps is not None else None
+        record = {layer: wanted for ls in layer_sets.values() for layer in ls}
+        out, total = self._run(x, record, n_times, presentation, image_off)
+        steps = steps if steps is not None else list(range(total))
+        feats: dict[str, dict[int, Tensor]] = {}
+        for area, ls in layer_sets.items():
+            if area in self.layers:
+                feats[area] = {t: out[area][t] for t in steps}
+            else:
+                feats[area] = {t: torch.cat([out[layer][t].flatten(1) for layer in ls], dim=1) for t in steps}
+        return feats
+
+    forward_intermediates = features

@@ -1,0 +1,137 @@
+"""Unrolling a temporal graph in time.
+
+**Biological** unrolling (the reference's ``unroll``): at step t every layer reads its inputs'
+outputs from step t-1, so every edge costs one step (~10 ms); only the first layer reads the stimulus
+of step t directly. At t=0 all inputs and states are zero. Layer k of a chain therefore first sees
+the stimulus at step k-1.
+
+**Standard** unrolling: a full feedforward pass per step (feedforward and skip edges read step t),
+feedback edges read step t-1.
+
+**The fast schedule** computes exactly the same numbers with less work:
+
+- Until the stimulus reaches a layer its activity is driven by biases alone and is the same for
+  every image: it runs with a batch of 1 and is broadcast. The same holds for any op whose inputs are
+  all shared, e.g. the first layer's convolution of the blank frame.
+- A (layer, step) pair whose output cannot reach any requested output within the unrolled steps is
+  skipped: with the logits of step T-1 requested, layer L is needed only up to step
+  T-1 - d(L, readout), d counting the steps along the shortest path.
+
+``fast=False`` gives the naive schedule: every layer, every sample, every step.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+from torch import Tensor, nn
+
+from convrnn.cells import State
+from convrnn.data.presentation import Stimulus
+from convrnn.graph import LayerPlan, zeros_like_output
+from convrnn.ops import expand_batch
+from convrnn.spec import ModelSpec
+
+MODES = ("biological", "standard")
+
+
+def edge_delays(spec: ModelSpec, mode: str) -> dict[tuple[str, str], int]:
+    """Steps each edge costs: 1 for every edge (biological); 1 for feedback only (standard)."""
+    if mode not in MODES:
+        raise ValueError(f"unroll: unknown mode {mode!r} (known: {', '.join(MODES)})")
+    return {(e.source, e.target): 1 if mode == "biological" or e.kind == "feedback" else 0 for e in spec.edges}
+
+
+def distances_to(spec: ModelSpec, target: str, mode: str) -> dict[str, float]:
+    """Fewest steps from each layer to ``target`` (inf where unreachable)."""
+    delays = edge_delays(spec, mode)
+    rev: dict[str, list[tuple[str, int]]] = {}
+    for (s, t), d in delays.items():
+        rev.setdefault(t, []).append((s, d))
+    dist = {name: math.inf for name in spec.layer_names}
+    dist[target] = 0
+    heap = [(0, target)]
+    while heap:
+        d, node = heapq.heappop(heap)
+        if d > dist[node]:
+            continue
+        for src, w in rev.get(node, []):
+            if d + w < dist[src]:
+                dist[src] = d + w
+                heapq.heappush(heap, (d + w, src))
+    return dist
+
+
+def first_stimulus_steps(spec: ModelSpec, mode: str = "biological") -> dict[str, float]:
+    """The first step at which each layer's output depends on the stimulus."""
+    delays = edge_delays(spec, mode)
+    fwd: dict[str, list[tuple[str, int]]] = {}
+    for (s, t), d in delays.items():
+        fwd.setdefault(s, []).append((t, d))
+    first = spec.layers[0].name
+    dist = {name: math.inf for name in spec.layer_names}
+    dist[first] = 0
+    heap = [(0, first)]
+    while heap:
+        d, node = heapq.heappop(heap)
+        if d > dist[node]:
+            continue
+        for dst, w in fwd.get(node, []):
+            if d + w < dist[dst]:
+                dist[dst] = d + w
+                heapq.heappush(heap, (d + w, dst))
+    return dist
+
+
+def last_needed_steps(spec: ModelSpec, requested: dict[str, int], mode: str) -> dict[str, int]:
+    """For each layer, the last step whose output can still reach a requested (layer, last step)."""
+    last = {name: -1 for name in spec.layer_names}
+    for target, t_last in requested.items():
+        for name, d in distances_to(spec, target, mode).items():
+            if d != math.inf:
+                last[name] = max(last[name], int(t_last - d))
+    return last
+
+
+def unroll(
+    spec: ModelSpec,
+    layers: nn.ModuleDict,
+    plans: dict[str, LayerPlan],
+    order: list[str],
+    stimulus: Stimulus,
+    times: int,
+    record: dict[str, set[int]],
+    *,
+    mode: str = "biological",
+    fast: bool = True,
+) -> dict[str, dict[int, Tensor]]:
+    """Run ``times`` steps; return ``out[layer][t]`` (batch expanded) for the requested steps."""
+    b = stimulus.batch
+    like = stimulus.frame(0)
+    kinds = {(e.source, e.target): e.kind for e in spec.edges}
+    same_step = mode == "standard"
+    requested = {name: max(steps) for name, steps in record.items() if steps}
+    last = last_needed_steps(spec, requested, mode) if fast else {name: times - 1 for name in order}
+
+    def widen(t: Tensor | None) -> Tensor | None:
+        return t if fast or t is None else expand_batch(t, b)
+
+    prev: dict[str, Tensor] = {n: widen(zeros_like_output(plans[n], like)) for n in order}
+    states: dict[str, State] = {n: tuple(widen(s) for s in layers[n].init_state(like)) for n in order}
+    sources = {n: (plans[n].ff_source, layers[n].extra_sources()) for n in order}
+    out: dict[str, dict[int, Tensor]] = {n: {} for n in record}
+    for t in range(times):
+        cur: dict[str, Tensor] = {}
+        for name in order:
+            if t > last[name]:
+                continue
+            ff_src, extra_srcs = sources[name]
+            ff = widen(stimulus.frame(t)) if ff_src is None else (cur if same_step else prev)[ff_src]
+            extras = [(cur if same_step and kinds[(s, name)] != "feedback" else prev)[s] for s in extra_srcs]
+            y, states[name] = layers[name](ff, extras, states[name])
+            cur[name] = y
+            if name in record and t in record[name]:
+                out[name][t] = expand_batch(y, b)
+        prev = cur
+    return out
