@@ -14,6 +14,7 @@ The :class:`Layer` module runs one step of one area:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -88,6 +89,11 @@ def plan_model(spec: ModelSpec) -> dict[str, LayerPlan]:
             if pass_ == 1 and out != plan.output_shape:
                 raise SpecError(f"layers[{i}]: output shape {out} depends on its extra inputs; give it a conv")
             plan.output_shape = out
+    ro = plans[spec.readout.layer].output_shape
+    if len(ro) != 1:
+        raise SpecError(
+            f"readout.layer: {spec.readout.layer!r} outputs shape {ro}; logits need (classes,): end it with 'gap'"
+        )
     return plans
 
 
@@ -253,8 +259,33 @@ class Layer(nn.Module):
     def init_state(self, like: Tensor) -> State:
         return self.cell.init_state(like)
 
-    def forward(self, ff: Tensor, extras: list[Tensor], state: State) -> tuple[Tensor, State]:
-        """One step. ``extras`` follow ``plan.concat_sources`` then ``plan.feedback_sources`` order."""
+    def forward(
+        self, ff: Tensor, extras: list[Tensor], state: State, memo: dict[str, Any] | None = None
+    ) -> tuple[Tensor, State]:
+        """One step. ``extras`` follow ``plan.concat_sources`` then ``plan.feedback_sources`` order.
+
+        With a ``memo`` (a dict the caller keeps per layer), the stateless parts of the step (harbor,
+        pre ops, the cell's ``prepare``; the post ops) are reused when they would read the very same
+        tensors as at the previous step: e.g. the first layers while a still image is shown.
+        """
+        key = (ff, *extras)
+        if memo is not None and _same(memo.get("in"), key):
+            prepared, res = memo["prepared"], memo["res"]
+        else:
+            prepared, res = self._prepare(ff, extras)
+            if memo is not None:
+                memo.update({"in": key, "prepared": prepared, "res": res})
+        y, state = self.cell.update(prepared, state)
+        if memo is not None and _same(memo.get("post"), (y, res)):
+            return memo["out"], state
+        out = y
+        for op in self.post:
+            out = op(out, res)
+        if memo is not None:
+            memo.update({"post": (y, res), "out": out})
+        return out, state
+
+    def _prepare(self, ff: Tensor, extras: list[Tensor]) -> tuple[Any, Tensor]:
         plan = self.plan
         fb: dict[str, Tensor] | None = None
         if extras:
@@ -267,20 +298,20 @@ class Layer(nn.Module):
                 for entry, srcs in plan.feedback_sources.items():
                     fb[entry] = cat_channels(extras[k : k + len(srcs)])
                     k += len(srcs)
-        res = ff
-        x = ff
+        res = x = ff
         for op in self.pre:
             x = op(x, res)
-        x, state = self.cell(x, state, res=res, fb=fb)
-        for op in self.post:
-            x = op(x, res)
-        return x, state
+        return self.cell.prepare(x, res, fb), res
 
     def extra_sources(self) -> list[str]:
         srcs = list(self.plan.concat_sources)
         for s in self.plan.feedback_sources.values():
             srcs.extend(s)
         return srcs
+
+
+def _same(a: tuple | None, b: tuple) -> bool:
+    return a is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
 def zeros_like_output(plan: LayerPlan, like: Tensor) -> Tensor:

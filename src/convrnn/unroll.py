@@ -16,6 +16,10 @@ feedback edges read step t-1.
 - A (layer, step) pair whose output cannot reach any requested output within the unrolled steps is
   skipped: with the logits of step T-1 requested, layer L is needed only up to step
   T-1 - d(L, readout), d counting the steps along the shortest path.
+- The stateless parts of a step (harbor, pre-memory ops, the inputs' terms of the cell, post-memory
+  ops) are reused when they would read the very same tensors as at the previous step: while a still
+  image is shown, the first layers (whose memory is the reference's frozen a = 0) see the same input
+  at every step and compute their convolutions once.
 
 ``fast=False`` gives the naive schedule: every layer, every sample, every step.
 """
@@ -117,6 +121,9 @@ def unroll(
     def widen(t: Tensor | None) -> Tensor | None:
         return t if fast or t is None else expand_batch(t, b)
 
+    for n in order:
+        layers[n].cell.begin(fast)
+    memos: dict[str, dict] = {n: {} for n in order} if fast else {}
     prev: dict[str, Tensor] = {n: widen(zeros_like_output(plans[n], like)) for n in order}
     states: dict[str, State] = {n: tuple(widen(s) for s in layers[n].init_state(like)) for n in order}
     sources = {n: (plans[n].ff_source, layers[n].extra_sources()) for n in order}
@@ -129,7 +136,7 @@ def unroll(
             ff_src, extra_srcs = sources[name]
             ff = widen(stimulus.frame(t)) if ff_src is None else (cur if same_step else prev)[ff_src]
             extras = [(cur if same_step and kinds[(s, name)] != "feedback" else prev)[s] for s in extra_srcs]
-            y, states[name] = layers[name](ff, extras, states[name])
+            y, states[name] = layers[name](ff, extras, states[name], memos.get(name))
             cur[name] = y
             if name in record and t in record[name]:
                 out[name][t] = expand_batch(y, b)

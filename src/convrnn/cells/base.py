@@ -5,6 +5,10 @@ A cell is built from a typed config (a dataclass that round-trips through the mo
 
     (x, state, res, fb) -> (out, new_state)
 
+in two parts: ``prepare(x, res, fb)``, the terms that read only the inputs (the unroller reuses them
+while a layer's inputs repeat, e.g. a still image shown for several steps), and
+``update(prepared, state)``, the recurrence itself. ``forward`` runs both.
+
 where ``x`` is the pre-memory output, ``state`` a tuple of tensors (empty for stateless cells),
 ``res`` the layer's feedforward input (for residual paths) and ``fb`` a dict from entry point
 (``input``/``cell``/``out``) to the concatenated non-feedforward inputs. ``init_state`` gives the zero
@@ -15,7 +19,7 @@ the input's shape (used by the time-decay memory, which also serves (B, C) reado
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -81,7 +85,21 @@ class Cell(nn.Module):
         h, w = self.hw
         return tuple(like.new_zeros(1, c, h, w) for c in self.state_channels())
 
+    def begin(self, fast: bool) -> None:
+        """Called once before each unroll (e.g. to read frozen values once, not at every step).
+
+        ``fast`` allows shortcuts that give the same numbers with less work.
+        """
+
+    def prepare(self, x: Tensor, res: Tensor | None = None, fb: dict[str, Tensor] | None = None) -> Any:
+        """The stateless part of a step: terms that read only the inputs."""
+        return x, res, fb
+
+    def update(self, prepared: Any, state: State) -> tuple[Tensor, State]:
+        """The recurrence: ``(prepared inputs, state at t-1) -> (out, state at t)``."""
+        raise NotImplementedError
+
     def forward(
         self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
     ) -> tuple[Tensor, State]:
-        raise NotImplementedError
+        return self.update(self.prepare(x, res, fb), state)

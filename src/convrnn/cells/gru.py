@@ -49,9 +49,8 @@ class GRUCell(Cell):
     def state_channels(self) -> tuple[int, ...]:
         return (self.out_channels,)
 
-    def forward(
-        self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
-    ) -> tuple[Tensor, State]:
+    def update(self, prepared: tuple, state: State) -> tuple[Tensor, State]:
+        x = prepared[0]
         (h,) = state
         r_pre, u_pre = self.gates(cat_channels([x, h])).chunk(2, dim=1)
         if self.norms is not None:

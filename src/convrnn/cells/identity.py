@@ -28,7 +28,6 @@ class IdentityCell(Cell):
         super().__init__(ctx)
         self.out_channels = ctx.in_channels
 
-    def forward(
-        self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
-    ) -> tuple[Tensor, State]:
+    def update(self, prepared: tuple, state: State) -> tuple[Tensor, State]:
+        x = prepared[0]
         return x, state

@@ -53,9 +53,8 @@ class IntersectionRNNCell(Cell):
     def state_channels(self) -> tuple[int, ...]:
         return (self.out_channels,)
 
-    def forward(
-        self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
-    ) -> tuple[Tensor, State]:
+    def update(self, prepared: tuple, state: State) -> tuple[Tensor, State]:
+        x = prepared[0]
         (h,) = state
         gh, hh, gy, yy = self.conv(cat_channels([x, h])).chunk(4, dim=1)
         a = torch.sigmoid(gh + self.forget_bias)

@@ -52,13 +52,17 @@ class LSTMCell(Cell):
         self.peepholes = cfg.peepholes
         # Order: input, transform, forget, output, state (as the reference names them).
         self.norms = nn.ModuleList(TFLayerNorm(c) for _ in range(5)) if cfg.layer_norm else None
+        if cfg.layer_norm:
+            # Before the stimulus arrives, zero biases would make every LayerNorm input constant:
+            # with TF's eps of 1e-12 each LayerNorm then scales gradients by 1e6, compounding through
+            # the state over the silent steps. Distinct small biases keep the variance away from 0.
+            nn.init.normal_(self.conv.bias, std=0.01)
 
     def state_channels(self) -> tuple[int, ...]:
         return (self.out_channels, self.out_channels)
 
-    def forward(
-        self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
-    ) -> tuple[Tensor, State]:
+    def update(self, prepared: tuple, state: State) -> tuple[Tensor, State]:
+        x = prepared[0]
         c, h = state
         i, j, f, o = self.conv(cat_channels([x, h])).chunk(4, dim=1)
         if self.norms is not None:

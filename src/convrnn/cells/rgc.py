@@ -190,19 +190,16 @@ class RGCCell(Cell):
             return None
         return self.fb_act(self.feedback[entry](resize_to(fb[entry], self.hw)))
 
-    def forward(
-        self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
-    ) -> tuple[Tensor, State]:
-        cfg = self.cfg
+    def prepare(self, x: Tensor, res: Tensor | None = None, fb: dict[str, Tensor] | None = None) -> _Inputs:
+        """Everything that reads only x, r and the feedback: reused while they repeat."""
         # Add-in convolutions read r on the cell's map; ResidualAdd resizes (and projects) by itself.
         r = resize_to(res, self.hw) if res is not None else None
         f = self._fb(fb, "input")
         if f is not None:
             x = x + f
         x = self.in_act(x)
-
-        if cfg.use_cell:
-            c, h = state
+        p = _Inputs()
+        if self.cfg.use_cell:
             terms = []
             if self.cell_res is not None:
                 terms.append(self.cell_res(r))
@@ -211,31 +208,44 @@ class RGCCell(Cell):
             f = self._fb(fb, "cell")
             if f is not None:
                 terms.append(f)
-            c_in = _sum(terms)
-            tau = _add_ins(_plus(self.cell_tau(c), self.tau_const), (self.cell_in_tau, x), (self.cell_res_tau, r))
-            gate = _add_ins(_plus(self.cell_gate(h), self.gate_const), (self.cell_in_gate, x), (self.cell_res_gate, r))
+            p.c_in = _sum(terms)
+            p.tau_c = _add_ins(None, (self.cell_in_tau, x), (self.cell_res_tau, r))
+            p.gate_c = _add_ins(None, (self.cell_in_gate, x), (self.cell_res_gate, r))
+        h_in = self.out_in(x) if self.out_in is not None else x
+        if self.out_res is not None:
+            h_in = self.out_res(h_in, res)
+        f = self._fb(fb, "out")
+        p.h_in = h_in if f is None else h_in + f
+        p.tau_h = _add_ins(None, (self.out_in_tau, x), (self.out_res_tau, r))
+        p.gate_h = _add_ins(None, (self.out_in_gate, x), (self.out_res_gate, r))
+        return p
+
+    def update(self, p: _Inputs, state: State) -> tuple[Tensor, State]:
+        cfg = self.cfg
+        if cfg.use_cell:
+            c, h = state
+            tau = _plus(self.cell_tau(c), self.tau_const)
+            gate = _plus(self.cell_gate(h), self.gate_const)
+            tau = tau if p.tau_c is None else tau + p.tau_c
+            gate = gate if p.gate_c is None else gate + p.gate_c
             c_new = (cfg.tau_offset + cfg.tau_multiplier * self.tau_act(tau)) * c + (
                 cfg.gate_offset + cfg.gate_multiplier * self.gate_act(gate)
-            ) * c_in
+            ) * p.c_in
             if self.cell_norm is not None:
                 c_new = self.cell_norm(c_new)
             c_new = self.cell_act(c_new)
         else:
             (h,) = state
             c = None
-
-        h_in = self.out_in(x) if self.out_in is not None else x
+        h_in = p.h_in
         if self.cell_to_out is not None:
             h_in = h_in + _plus(self.cell_to_out(c), self.gate_const)
-        if self.out_res is not None:
-            h_in = self.out_res(h_in, res)
-        f = self._fb(fb, "out")
-        if f is not None:
-            h_in = h_in + f
-        tau = _add_ins(_plus(self.out_tau(h), self.tau_const), (self.out_in_tau, x), (self.out_res_tau, r))
+        tau = _plus(self.out_tau(h), self.tau_const)
+        tau = tau if p.tau_h is None else tau + p.tau_h
         gate = _plus(self.out_gate(c), self.gate_const) if self.out_gate is not None else None
-        gate = _add_ins(gate, (self.out_in_gate, x), (self.out_res_gate, r))
-        if gate is None:
+        if p.gate_h is not None:
+            gate = p.gate_h if gate is None else gate + p.gate_h
+        if gate is None:  # no cell and no add-ins: the gate's pre-activation is 0
             gate = h_in.new_zeros(())
         h_new = (cfg.tau_offset + cfg.tau_multiplier * self.tau_act(tau)) * h + (
             cfg.gate_offset + cfg.gate_multiplier * self.gate_act(gate)
@@ -244,6 +254,18 @@ class RGCCell(Cell):
             h_new = self.out_norm(h_new)
         h_new = self.out_act(h_new)
         return h_new, ((c_new, h_new) if cfg.use_cell else (h_new,))
+
+
+@dataclass
+class _Inputs:
+    """The input-only terms of an RGC step."""
+
+    c_in: Tensor | None = None
+    tau_c: Tensor | None = None
+    gate_c: Tensor | None = None
+    h_in: Tensor | None = None
+    tau_h: Tensor | None = None
+    gate_h: Tensor | None = None
 
 
 def _plus(t: Tensor, k: float) -> Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from convrnn.cells.base import Cell, CellConfig, CellContext, State, positive
 from convrnn.ops import SameConv2d, TFLayerNorm, activation
@@ -41,14 +41,17 @@ class SimpleRNNCell(Cell):
         self.s = SameConv2d(c, c, cfg.kernel)
         self.i = SameConv2d(ctx.in_channels, c, cfg.kernel)
         self.norm = TFLayerNorm(c) if cfg.layer_norm else None
+        if cfg.layer_norm:
+            # Zero biases would give the LayerNorm a constant input before the stimulus arrives (see
+            # LSTMCell): distinct small biases keep its gradient finite.
+            nn.init.normal_(self.i.bias, std=0.01)
         self.act = activation(cfg.activation)
 
     def state_channels(self) -> tuple[int, ...]:
         return (self.out_channels,)
 
-    def forward(
-        self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
-    ) -> tuple[Tensor, State]:
+    def update(self, prepared: tuple, state: State) -> tuple[Tensor, State]:
+        x = prepared[0]
         (h,) = state
         z = self.i(x) + self.s(h)
         if self.norm is not None:

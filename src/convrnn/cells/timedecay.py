@@ -4,7 +4,9 @@
 
 ``a`` is used as is (no sigmoid, unconstrained). With ``trainable=False`` it is a frozen buffer: the
 reference gives every non-cell layer such a memory with ``a = 0`` (so out_t = x_t), and its
-checkpoints store that value, so it stays part of the weights.
+checkpoints store that value, so it stays part of the weights. Under the fast schedule a frozen
+``a = 0`` passes ``x_t`` through as the very same tensor, which lets the unroller see that a layer's
+output repeats while its input does.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class TimeDecayCell(Cell):
             self.decay = nn.Parameter(value)
         else:
             self.register_buffer("decay", value)
+        self._passthrough = False
+
+    def begin(self, fast: bool) -> None:
+        # Read the (possibly loaded) frozen value once per unroll, not once per step.
+        self._passthrough = fast and not self.decay.requires_grad and bool((self.decay == 0).all())
 
     def state_channels(self) -> tuple[int, ...]:
         return (self.channels,)
@@ -45,9 +52,9 @@ class TimeDecayCell(Cell):
         # The state takes the shape of the input: it also serves (B, C) readouts.
         return (None,)  # type: ignore[return-value]
 
-    def forward(
-        self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
-    ) -> tuple[Tensor, State]:
+    def update(self, prepared: tuple, state: State) -> tuple[Tensor, State]:
+        x = prepared[0]
         (s,) = state
-        s = x if s is None else self.decay * s + x  # s_{-1} = 0: skip the multiply-by-zero
+        # s_{-1} = 0, and a frozen a = 0 keeps nothing of s: both give x itself, exactly.
+        s = x if s is None or self._passthrough else self.decay * s + x
         return s, (s,)

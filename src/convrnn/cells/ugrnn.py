@@ -42,9 +42,8 @@ class UGRNNCell(Cell):
     def state_channels(self) -> tuple[int, ...]:
         return (self.out_channels,)
 
-    def forward(
-        self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None
-    ) -> tuple[Tensor, State]:
+    def update(self, prepared: tuple, state: State) -> tuple[Tensor, State]:
+        x = prepared[0]
         (h,) = state
         g_pre, c_pre = self.conv(cat_channels([x, h])).chunk(2, dim=1)
         g = torch.sigmoid(g_pre + self.forget_bias)

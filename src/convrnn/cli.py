@@ -1,0 +1,198 @@
+"""The ``convrnn`` command line.
+
+convrnn list [PATTERN]                 models in the zoo
+convrnn spec NAME [--out FILE]         a model's architecture as YAML (or JSON by suffix)
+convrnn extract [IMAGES...]            features per area and time step, with a summary table
+convrnn demo                           ``extract`` on scikit-image's sample photographs
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import convrnn
+from convrnn.spec import ModelSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="rgc_shallow", help="zoo name (see `convrnn list`); default rgc_shallow")
+    p.add_argument("--spec", type=Path, help="build from a spec YAML/JSON file instead of a zoo name")
+    p.add_argument("--weights", type=Path, help="a .safetensors file or PyTorch state dict to load")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None, help="input size in px (default: the model's)")
+    p.add_argument("--width", type=float, default=None, help="channel width multiplier")
+
+
+def _build(args: argparse.Namespace) -> convrnn.ConvRNN:
+    overrides = {
+        k: v
+        for k, v in (("num_classes", args.num_classes), ("image_size", args.image_size), ("width", args.width))
+        if v is not None
+    }
+    if args.spec is not None:
+        if overrides:
+            raise SystemExit("convrnn: --num-classes/--image-size/--width apply to zoo models, not to --spec")
+        return convrnn.create_model(ModelSpec.load(args.spec), weights=args.weights)
+    return convrnn.create_model(args.model, weights=args.weights, **overrides)
+
+
+def load_images(paths: list[Path], size: int) -> tuple[torch.Tensor, list[str]]:
+    """Read image files, resize the short side to ``size`` and centre-crop, ImageNet-normalise."""
+    from PIL import Image
+
+    arrays, names = [], []
+    for p in paths:
+        if not p.exists():
+            raise SystemExit(f"convrnn: no such image file {str(p)!r}")
+        try:
+            img = Image.open(p).convert("RGB")
+        except OSError as e:
+            raise SystemExit(f"convrnn: cannot read image {str(p)!r}: {e}") from None
+        arrays.append(_square(np.asarray(img), size))
+        names.append(p.name)
+    return _normalise(arrays), names
+
+
+def _square(a: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.fromarray(a[..., :3] if a.ndim == 3 else np.stack([a] * 3, -1))
+    w, h = img.size
+    s = size / min(w, h)
+    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+
+
+def _normalise(arrays: list[np.ndarray]) -> torch.Tensor:
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def skimage_photos(size: int) -> tuple[torch.Tensor, list[str]]:
+    """scikit-image's bundled sample photographs, as a normalised batch."""
+    try:
+        from skimage import data
+    except ImportError:
+        raise SystemExit("convrnn: the demo needs scikit-image (pip install 'convrnn[demo]')") from None
+    return _normalise([_square(getattr(data, n)(), size) for n in SKIMAGE_PHOTOS]), list(SKIMAGE_PHOTOS)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from convrnn.zoo import model_entry
+
+    for name in convrnn.list_models(args.pattern):
+        w = model_entry(name).weights
+        top1 = f"reference top-1 {w.top1:.2f}%" if w and w.top1 is not None else ""
+        print(f"{name:32s} {top1}")
+    return 0
+
+
+def cmd_spec(args: argparse.Namespace) -> int:
+    model = _build(args)
+    spec = model.spec
+    if args.out:
+        spec.save(args.out)
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(spec.to_yaml())
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    model = _build(args).eval()
+    size = model.spec.image_size
+    if args.images:
+        x, names = load_images(args.images, size)
+    else:
+        x, names = skimage_photos(size)
+    areas = args.areas or [a for a in ("V4", "pIT", "cIT-aIT", "IT") if a in model.spec.areas] or list(model.layers)
+    with torch.no_grad():
+        feats = model.features(x, areas=areas, presentation=args.presentation, times=args.times)
+    first = model.first_stimulus_steps()
+    print(f"{model.spec.name}: {len(names)} images ({', '.join(names)}) at {size}px, presentation {args.presentation}")
+    print(f"{'area':8s} {'step':>4s} {'ms':>9s} {'units':>7s} {'mean':>9s} {'std':>9s} {'image-spread':>12s}")
+    for area, by_t in feats.items():
+        start = min(first[layer] for layer in model.area_layers(area))
+        for t, f in by_t.items():
+            f = f.flatten(1)
+            # Spread across images: zero until the stimulus reaches the area (bias-driven activity).
+            spread = f.std(dim=0).mean().item() if f.shape[0] > 1 else float("nan")
+            lo, hi = model.step_window_ms(t)
+            mark = " <- stimulus arrives" if t == start else ""
+            print(
+                f"{area:8s} {t:4d} {f'{lo:.0f}-{hi:.0f}':>9s} {f.shape[1]:7d} {f.mean().item():9.4f} {f.std().item():9.4f} {spread:12.4f}{mark}"
+            )
+    if args.out:
+        arrays = {f"{a}_t{t:02d}": f.numpy() for a, by_t in feats.items() for t, f in by_t.items()}
+        out = Path(args.out)
+        tmp = out.with_name(f".{out.name}.tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(out)
+        print(f"wrote {out} ({len(arrays)} arrays)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convrnn", description="Task-driven convolutional recurrent models of the ventral stream."
+    )
+    p.add_argument("--version", action="version", version=f"convrnn {convrnn.__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="list the models in the zoo")
+    s.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. '*rgc*'")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("spec", help="print or save a model's architecture spec")
+    s.add_argument("model", help="zoo name")
+    s.add_argument("--num-classes", type=int, default=None)
+    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--width", type=float, default=None)
+    s.add_argument("--out", type=Path, help="write YAML (.yaml) or JSON (.json) here")
+    s.set_defaults(fn=cmd_spec, spec=None, weights=None)
+
+    for name, help_ in (
+        ("extract", "features per area and time step for image files"),
+        ("demo", "extract features from scikit-image's sample photographs (the main job)"),
+    ):
+        s = sub.add_parser(name, help=help_)
+        if name == "extract":
+            s.add_argument("images", nargs="*", type=Path, help="image files (default: scikit-image's sample photos)")
+        _model_args(s)
+        s.add_argument("--presentation", default="neural", choices=("default", "neural", "constant"))
+        s.add_argument("--times", type=int, default=None, help="steps (default: the presentation's)")
+        s.add_argument("--areas", nargs="+", help="layers or areas (default: V4 pIT cIT-aIT IT)")
+        s.add_argument("--out", type=Path, help="save the features (.npz)")
+        s.add_argument("--seed", type=int, default=0, help="seed for the random initial weights")
+        s.set_defaults(fn=cmd_extract, images=[])
+        if name == "demo":
+            s.set_defaults(image_size=None, width=0.5)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"convrnn: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

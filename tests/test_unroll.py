@@ -1,0 +1,141 @@
+"""Unrolling in time: the reference's timing, presentations, and fast == naive."""
+
+import pytest
+import torch
+
+import convrnn
+from convrnn.data.presentation import make_stimulus
+from convrnn.unroll import last_needed_steps
+
+
+def _tiny(name, **kw):
+    torch.manual_seed(0)
+    model = convrnn.create_model(name, num_classes=4, image_size=32, width=0.0625, **kw)
+    # Non-zero biases and decays: pre-stimulus activity is then non-trivial (and batch-independent).
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or n.endswith("decay") or n.endswith("beta"):
+                p.normal_(0, 0.1)
+    return model
+
+
+def assert_same(a, b, what=""):
+    """Equal to 1e-5 relative to the tensors' scale: the two schedules sum in different orders
+    (a batch of 1 vs B picks other kernels), and float32 rounding grows with the activity."""
+    scale = max(1.0, b.abs().max().item())
+    err = (a - b).abs().max().item()
+    assert err <= 1e-5 * scale, f"{what}: max |diff| {err:.3g} at scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("name", convrnn.list_models())
+def test_fast_schedule_equals_naive_forward_and_gradients(name):
+    # In float64 the two schedules' rounding differences vanish (~1e-12), so any difference is a
+    # difference in the math; the float32 case is checked below.
+    fast = _tiny(name).double()
+    naive = _tiny(name, fast=False).double()
+    naive.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    out_f, out_n = fast(x, times=14), naive(x, times=14)
+    assert_same(out_f.logits, out_n.logits, "logits")
+    out_f.logits[-1].square().sum().backward()
+    out_n.logits[-1].square().sum().backward()
+    for (n, a), (_, b) in zip(fast.named_parameters(), naive.named_parameters()):
+        assert_same(a.grad, b.grad, n)
+
+
+def test_fast_schedule_with_frozen_zero_decay_and_features_equals_naive():
+    """The zoo's default frozen a = 0 memories take the pass-through path; features too."""
+    torch.manual_seed(1)
+    fast = convrnn.create_model("rgc_intermediate", num_classes=4, image_size=32, width=0.125)
+    naive = convrnn.create_model("rgc_intermediate", num_classes=4, image_size=32, width=0.125, fast=False)
+    naive.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    for presentation in ("default", "neural", "constant"):
+        a = fast.features(x, areas=["conv3", "IT", "imnetds"], times=range(5, 20), presentation=presentation)
+        b = naive.features(x, areas=["conv3", "IT", "imnetds"], times=range(5, 20), presentation=presentation)
+        for area in a:
+            for t in a[area]:
+                assert_same(a[area][t], b[area][t], f"{presentation} {area} t={t}")
+
+
+@pytest.mark.parametrize("name", ["rgc_shallow", "rgc_intermediate", "ugrnn_intermediate"])
+def test_first_stimulus_step_matches_reference_timing(name):
+    """conv_k first sees the stimulus at step k-1, the readout at 5 (shallow) / 10 (intermediate)."""
+    model = _tiny(name)
+    n = len([layer for layer in model.layers if layer.startswith("conv")])
+    expected = {f"conv{k}": k - 1 for k in range(1, n + 1)} | {"imnetds": n}
+    assert model.first_stimulus_steps() == expected
+    # Empirically: outputs for two different images are identical before that step, differ from it.
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.features(x, times=n + 2)
+    for layer, first in expected.items():
+        for t in range(n + 2):
+            differs = not torch.equal(feats[layer][t][0], feats[layer][t][1])
+            assert differs == (t >= first), (layer, t)
+
+
+def test_standard_unroll_drives_every_layer_at_step_zero():
+    model = _tiny("rgc_intermediate", unroll="standard")
+    assert set(model.first_stimulus_steps().values()) == {0}
+    feats = model.features(torch.randn(2, 3, 32, 32), areas=["imnetds"], times=2)
+    assert not torch.equal(feats["imnetds"][0][0], feats["imnetds"][0][1])
+    naive = _tiny("rgc_intermediate", unroll="standard", fast=False)
+    naive.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert_same(model(x).logits, naive(x).logits, "standard unroll logits")
+
+
+def test_unroll_longer_than_built_and_presentations():
+    model = _tiny("rgc_shallow")
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).logits.shape[0] == 16  # the spec's default steps
+    assert model(x, presentation="neural").logits.shape[0] == 26
+    assert model(x, times=40).logits.shape[0] == 40
+    video = x.unsqueeze(1).expand(2, 9, 3, 32, 32)
+    const = model(x, times=9, presentation="constant").logits
+    torch.testing.assert_close(model(video).logits, const)
+    # The default presentation equals a video of the image for 12 steps, then the 0.5 blank.
+    frames = torch.cat([video[:, :1].expand(2, 12, 3, 32, 32), torch.full((2, 4, 3, 32, 32), 0.5)], dim=1)
+    torch.testing.assert_close(model(frames).logits, model(x).logits)
+    with pytest.raises(ValueError, match="video has 9 frames"):
+        model(video, times=10)
+    with pytest.raises(ValueError, match="expected 3 channels"):
+        model(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="unknown 'flash'"):
+        model(x, presentation="flash")
+
+
+def test_presentation_schedules():
+    x = torch.randn(2, 3, 8, 8)
+    stim, implied = make_stimulus(x, "neural")
+    assert implied == 26 and stim.image_off == 10
+    assert stim.frame(9) is x and stim.frame(10).shape == (1, 3, 8, 8)
+    assert (stim.frame(10) == 0.5).all()
+    stim, implied = make_stimulus(x, "default", blank=-1.0)
+    assert implied is None and stim.image_off == 12 and (stim.frame(12) == -1.0).all()
+    stim, _ = make_stimulus(x, "constant")
+    assert all(stim.frame(t) is x for t in range(50))
+
+
+def test_needed_steps_for_a_last_step_readout():
+    spec = convrnn.model_spec("rgc_shallow")
+    last = last_needed_steps(spec, {"imnetds": 15}, "biological")
+    assert last == {"conv1": 10, "conv2": 11, "conv3": 12, "conv4": 13, "conv5": 14, "imnetds": 15}
+    spec = convrnn.model_spec("rgc_intermediate")
+    last = last_needed_steps(spec, {"conv5": 8}, "biological")
+    # conv8 -> conv5 directly; conv10 -> conv7 -> conv8 -> conv5; conv9 -> conv6 -> conv7 -> conv8 -> conv5.
+    assert last["conv4"] == 7 and last["conv8"] == 7 and last["conv10"] == 5 and last["conv9"] == 4
+
+
+def test_features_api_and_time_windows():
+    model = _tiny("rgc_intermediate")
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.features(x, areas=["conv3", "V4", "IT"], times=range(16))
+    assert set(feats) == {"conv3", "V4", "IT"} and list(feats["conv3"]) == list(range(16))
+    assert feats["conv3"][0].dim() == 4
+    layers = model.features(x, areas=["conv5", "conv6"], times=[7])
+    v4 = torch.cat([layers["conv5"][7].flatten(1), layers["conv6"][7].flatten(1)], 1)
+    torch.testing.assert_close(feats["V4"][7], v4)
+    assert model.step_window_ms(3) == (30.0, 40.0)
+    with pytest.raises(KeyError, match="unknown area 'V1'"):
+        model.features(x, areas=["V1"])
