@@ -4,7 +4,7 @@
     c_t = c_{t-1} . sigmoid(f + forget_bias + w_f . c_{t-1}) + sigmoid(i + w_i . c_{t-1}) . tanh(j)
     h_t = tanh(c_t) . sigmoid(o + w_o . c_{t-1})
 
-The peephole terms ``w . c`` are per-pixel (shape C x H x W, so they depend on the map size) and
+The peephole terms ``w . c`` (added after the LayerNorm of i, f, o) are per-pixel (shape C x H x W, so they depend on the map size) and
 present only with ``peepholes``; note the output gate peeks at the *previous* cell state, as in the
 reference. With ``layer_norm`` each of i, j, f, o is layer-normalised before the update and c_t after
 it (the normalised c_t is what is carried forward). The state is (c, h).
