@@ -101,6 +101,8 @@ def test_unroll_longer_than_built_and_presentations():
         model(video, times=10)
     with pytest.raises(ValueError, match="expected 3 channels"):
         model(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"built for 32x32 inputs, got 48x48 \(create it with image_size=48\)"):
+        model(torch.randn(2, 3, 48, 48))
     with pytest.raises(ValueError, match="unknown 'flash'"):
         model(x, presentation="flash")
 

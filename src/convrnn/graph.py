@@ -41,6 +41,10 @@ class LayerPlan:
     cell_input_shape: Shape = ()
     output_shape: Shape = ()
 
+    def extra_sources(self) -> list[str]:
+        """Non-feedforward sources in the order the layer receives them: concatenated, then feedback."""
+        return [*self.concat_sources, *(s for srcs in self.feedback_sources.values() for s in srcs)]
+
 
 def plan_model(spec: ModelSpec) -> dict[str, LayerPlan]:
     """Infer every layer's shapes; raise :class:`SpecError` where channels or sizes cannot work."""
@@ -64,29 +68,19 @@ def plan_model(spec: ModelSpec) -> dict[str, LayerPlan]:
         plans[layer.name] = plan
     # Output shapes do not depend on extra inputs except through the pre ops' input channels, so a
     # first pass without extras gives every source's shape; the second pass includes them.
-    for pass_ in (0, 1):
+    for with_extras in (False, True):
         for i in order:
             layer, plan = spec.layers[i], plans[spec.layers[i].name]
             if plan.ff_source is not None:
                 plan.input_shape = plans[plan.ff_source].output_shape
-            shape = plan.input_shape
-            if pass_ == 1 and plan.concat_sources:
-                shape = (
-                    shape[0] + sum(_extra_channels(plans, s, layer.name, plan) for s in plan.concat_sources),
-                    *shape[1:],
-                )
-            if pass_ == 1:
-                for srcs in plan.feedback_sources.values():
-                    for s in srcs:
-                        _extra_channels(plans, s, layer.name, plan)
-            shape = _ops_shape(layer.pre, shape, f"layers[{i}].pre", res_shape=shape)
+            harbor = harbor_shape(plan, plans) if with_extras else plan.input_shape
+            shape = _ops_shape(layer.pre, harbor, f"layers[{i}].pre", res_shape=harbor)
             plan.cell_input_shape = shape
-            cell_out = layer.cell.output_channels(shape[0])
             if layer.cell.type not in ("identity", "timedecay") and len(shape) != 3:
                 raise SpecError(f"layers[{i}].cell: cell {layer.cell.type!r} needs a spatial input, got shape {shape}")
-            shape = (cell_out, *shape[1:])
-            out = _ops_shape(layer.post, shape, f"layers[{i}].post", res_shape=_res_shape(plan, layer, pass_, plans))
-            if pass_ == 1 and out != plan.output_shape:
+            shape = (layer.cell.output_channels(shape[0]), *shape[1:])
+            out = _ops_shape(layer.post, shape, f"layers[{i}].post", res_shape=harbor)
+            if with_extras and out != plan.output_shape:
                 raise SpecError(f"layers[{i}]: output shape {out} depends on its extra inputs; give it a conv")
             plan.output_shape = out
     ro = plans[spec.readout.layer].output_shape
@@ -97,16 +91,15 @@ def plan_model(spec: ModelSpec) -> dict[str, LayerPlan]:
     return plans
 
 
-def _extra_channels(plans: dict[str, LayerPlan], src: str, target: str, plan: LayerPlan) -> int:
-    shape = plans[src].output_shape
-    if len(shape) != 3 or len(plan.input_shape) != 3:
-        raise SpecError(f"edges: {src}->{target} needs spatial maps on both ends (got {shape} -> {plan.input_shape})")
-    return shape[0]
-
-
-def _res_shape(plan: LayerPlan, layer, pass_: int, plans: dict[str, LayerPlan]) -> Shape:
+def harbor_shape(plan: LayerPlan, plans: dict[str, LayerPlan]) -> Shape:
+    """Shape of the harbor output that feeds the pre ops: the feedforward input plus any inputs
+    concatenated to it (checking that every extra input, concatenated or feedback, has a map)."""
     shape = plan.input_shape
-    if pass_ == 1 and plan.concat_sources:
+    for src in plan.extra_sources():
+        src_shape = plans[src].output_shape
+        if len(src_shape) != 3 or len(shape) != 3:
+            raise SpecError(f"edges: {src}->{plan.name} needs spatial maps on both ends (got {src_shape} -> {shape})")
+    if plan.concat_sources:
         shape = (shape[0] + sum(plans[s].output_shape[0] for s in plan.concat_sources), *shape[1:])
     return shape
 
@@ -238,9 +231,7 @@ class Layer(nn.Module):
         self.plan = plan
         in_shape = plan.input_shape
         self.in_hw = tuple(in_shape[1:]) if len(in_shape) == 3 else None
-        res_shape = in_shape
-        if plan.concat_sources:
-            res_shape = (in_shape[0] + sum(plans[s].output_shape[0] for s in plan.concat_sources), *in_shape[1:])
+        res_shape = harbor_shape(plan, plans)
         self.pre, shape = _build_ops(layer.pre, res_shape, res_shape)
         fb_channels = {e: sum(plans[s].output_shape[0] for s in srcs) for e, srcs in plan.feedback_sources.items()}
         ctx = CellContext(
@@ -302,12 +293,6 @@ class Layer(nn.Module):
         for op in self.pre:
             x = op(x, res)
         return self.cell.prepare(x, res, fb), res
-
-    def extra_sources(self) -> list[str]:
-        srcs = list(self.plan.concat_sources)
-        for s in self.plan.feedback_sources.values():
-            srcs.extend(s)
-        return srcs
 
 
 def _same(a: tuple | None, b: tuple) -> bool:

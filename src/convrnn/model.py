@@ -84,8 +84,15 @@ class ConvRNN(nn.Module):
         image_off: int | None,
     ) -> tuple[dict[str, dict[int, Tensor]], int]:
         """Unroll; ``record[layer]`` lists the steps to return (``None``: every step)."""
-        if x.dim() in (4, 5) and x.shape[-3] != self.spec.in_channels:
-            raise ValueError(f"images: expected {self.spec.in_channels} channels, got shape {tuple(x.shape)}")
+        if x.dim() in (4, 5):
+            c, h, w = x.shape[-3:]
+            if c != self.spec.in_channels:
+                raise ValueError(f"images: expected {self.spec.in_channels} channels, got shape {tuple(x.shape)}")
+            if (h, w) != (self.spec.image_size,) * 2:
+                raise ValueError(
+                    f"images: {self.spec.name!r} is built for {self.spec.image_size}x{self.spec.image_size} inputs, "
+                    f"got {h}x{w} (create it with image_size={h})"
+                )
         stimulus, implied = make_stimulus(x, presentation, image_off=image_off, default=self.spec.presentation)
         if times is None:
             times = implied or self.spec.times

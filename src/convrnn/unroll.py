@@ -126,7 +126,7 @@ def unroll(
     memos: dict[str, dict] = {n: {} for n in order} if fast else {}
     prev: dict[str, Tensor] = {n: widen(zeros_like_output(plans[n], like)) for n in order}
     states: dict[str, State] = {n: tuple(widen(s) for s in layers[n].init_state(like)) for n in order}
-    sources = {n: (plans[n].ff_source, layers[n].extra_sources()) for n in order}
+    sources = {n: (plans[n].ff_source, plans[n].extra_sources()) for n in order}
     out: dict[str, dict[int, Tensor]] = {n: {} for n in record}
     for t in range(times):
         cur: dict[str, Tensor] = {}

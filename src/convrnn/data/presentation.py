@@ -12,7 +12,7 @@ whole batch, a (1, C, H, W) tensor the network broadcasts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -31,6 +31,7 @@ class Stimulus:
     video: Tensor | None = None  # (B, T, C, H, W)
     image_off: int | None = None  # first blank step (None: never blank)
     blank: float = 0.5
+    _blank: Tensor | None = field(default=None, init=False, repr=False)
 
     @property
     def batch(self) -> int:
@@ -46,14 +47,12 @@ class Stimulus:
         return self.images
 
     def _blank_frame(self) -> Tensor:
-        if not hasattr(self, "_blank"):
+        # One tensor for every blank step: the unroller sees the repeat and reuses work.
+        if self._blank is None:
             self._blank = torch.full(
                 (1, *self.images.shape[1:]), self.blank, dtype=self.images.dtype, device=self.images.device
             )
         return self._blank
-
-    def is_shared(self, t: int) -> bool:
-        return self.video is None and self.image_off is not None and t >= self.image_off
 
 
 def make_stimulus(
