@@ -141,3 +141,18 @@ def test_features_api_and_time_windows():
     assert model.step_window_ms(3) == (30.0, 40.0)
     with pytest.raises(KeyError, match="unknown area 'V1'"):
         model.features(x, areas=["V1"])
+
+
+def test_batchnorm_is_shared_over_time_and_keeps_fast_equal_to_naive():
+    """BatchNorm (one set of statistics for all steps) in train and eval mode."""
+    spec = convrnn.model_spec("rgc_shallow", num_classes=4, image_size=32, width=0.0625)
+    for layer in spec.layers[:3]:
+        layer.pre[0].batch_norm = True
+    fast = convrnn.create_model(spec)
+    naive = convrnn.create_model(spec, fast=False)
+    naive.load_state_dict(fast.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    assert_same(fast(x, times=20).logits, naive(x, times=20).logits, "train mode")  # beyond 16 steps
+    torch.testing.assert_close(fast.state_dict(), naive.state_dict())  # same running statistics
+    fast.eval(), naive.eval()
+    assert_same(fast(x).logits, naive(x).logits, "eval mode")

@@ -456,7 +456,7 @@ def _tagged(registry: dict[str, type], key: str, data: Any, path: str) -> Any:
 def _dataclass_from(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls, globalns=_hint_namespace())
+    hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
         if k not in fields:
@@ -468,11 +468,3 @@ def _dataclass_from(cls: type, data: Any, path: str) -> Any:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise SpecError(f"{path}.{name}: missing required field")
     return cls(**kwargs)
-
-
-def _hint_namespace() -> dict[str, Any]:
-    import convrnn.cells as cells_mod
-
-    ns = dict(globals())
-    ns.update({k: getattr(cells_mod, k) for k in dir(cells_mod) if not k.startswith("_")})
-    return ns

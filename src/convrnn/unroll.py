@@ -47,45 +47,34 @@ def edge_delays(spec: ModelSpec, mode: str) -> dict[tuple[str, str], int]:
     return {(e.source, e.target): 1 if mode == "biological" or e.kind == "feedback" else 0 for e in spec.edges}
 
 
-def distances_to(spec: ModelSpec, target: str, mode: str) -> dict[str, float]:
-    """Fewest steps from each layer to ``target`` (inf where unreachable)."""
-    delays = edge_delays(spec, mode)
-    rev: dict[str, list[tuple[str, int]]] = {}
-    for (s, t), d in delays.items():
-        rev.setdefault(t, []).append((s, d))
+def _steps_from(spec: ModelSpec, start: str, mode: str, reverse: bool) -> dict[str, float]:
+    """Fewest steps along edges from ``start`` (against the edges' direction with ``reverse``)."""
+    graph: dict[str, list[tuple[str, int]]] = {}
+    for (s, t), d in edge_delays(spec, mode).items():
+        a, b = (t, s) if reverse else (s, t)
+        graph.setdefault(a, []).append((b, d))
     dist = {name: math.inf for name in spec.layer_names}
-    dist[target] = 0
-    heap = [(0, target)]
-    while heap:
+    dist[start] = 0
+    heap = [(0, start)]
+    while heap:  # Dijkstra: edge delays are 0 or 1
         d, node = heapq.heappop(heap)
         if d > dist[node]:
             continue
-        for src, w in rev.get(node, []):
-            if d + w < dist[src]:
-                dist[src] = d + w
-                heapq.heappush(heap, (d + w, src))
+        for nxt, w in graph.get(node, []):
+            if d + w < dist[nxt]:
+                dist[nxt] = d + w
+                heapq.heappush(heap, (d + w, nxt))
     return dist
+
+
+def distances_to(spec: ModelSpec, target: str, mode: str) -> dict[str, float]:
+    """Fewest steps from each layer to ``target`` (inf where unreachable)."""
+    return _steps_from(spec, target, mode, reverse=True)
 
 
 def first_stimulus_steps(spec: ModelSpec, mode: str = "biological") -> dict[str, float]:
     """The first step at which each layer's output depends on the stimulus."""
-    delays = edge_delays(spec, mode)
-    fwd: dict[str, list[tuple[str, int]]] = {}
-    for (s, t), d in delays.items():
-        fwd.setdefault(s, []).append((t, d))
-    first = spec.layers[0].name
-    dist = {name: math.inf for name in spec.layer_names}
-    dist[first] = 0
-    heap = [(0, first)]
-    while heap:
-        d, node = heapq.heappop(heap)
-        if d > dist[node]:
-            continue
-        for dst, w in fwd.get(node, []):
-            if d + w < dist[dst]:
-                dist[dst] = d + w
-                heapq.heappush(heap, (d + w, dst))
-    return dist
+    return _steps_from(spec, spec.layers[0].name, mode, reverse=False)
 
 
 def last_needed_steps(spec: ModelSpec, requested: dict[str, int], mode: str) -> dict[str, int]:
