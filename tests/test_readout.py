@@ -22,7 +22,7 @@ def test_last_and_window_average():
     lo = _logits()
     assert torch.equal(decode(lo, "last"), lo[-1])
     assert torch.allclose(decode(lo, "avg", window=(1, 3)), lo[1:3].mean(0))
-    assert torch.allclose(decode(lo, "avg", start=2), lo[2:].mean(0))
+    assert torch.allclose(decode(lo, "avg"), lo.mean(0))
     with pytest.raises(ValueError, match="window"):
         decode(lo, "avg", window=(3, 9))
 
@@ -31,9 +31,17 @@ def test_max_confidence_picks_each_examples_most_confident_step():
     lo = _logits()
     out = decode(lo, "max_conf")
     assert torch.equal(out[0], lo[3, 0]) and torch.equal(out[1], lo[2, 1])
-    # Steps before `start` are not candidates.
-    out = decode(lo, "max_conf", start=3)
+    # Steps outside the window are not candidates.
+    out = decode(lo, "max_conf", window=(3, 4))
     assert torch.equal(out[1], lo[3, 1])
+
+
+def test_confidence_temperature_changes_the_chosen_step():
+    # Step 0: [2, 0, 0] (max p 0.79 at beta=1, 0.38 at beta=0.1);
+    # step 1: [10, 9.5, 0] (max p 0.62 at beta=1, 0.43 at beta=0.1).
+    lo = torch.tensor([[[2.0, 0.0, 0.0]], [[10.0, 9.5, 0.0]]])
+    assert torch.equal(decode(lo, "max_conf", beta=1.0)[0], lo[0, 0])
+    assert torch.equal(decode(lo, "max_conf", beta=0.1)[0], lo[1, 0])
 
 
 def test_threshold_takes_the_first_confident_step_else_the_most_confident():
@@ -52,5 +60,14 @@ def test_model_decodes_with_its_spec_readout():
     spec.readout.decoder = "threshold"
     model = convrnn.create_model(spec)
     out = model(torch.randn(2, 3, 32, 32))
-    # The readout cannot see the stimulus before step 5: decoding starts there.
-    assert torch.equal(out.decoded, decode(out.logits, "threshold", start=5))
+    # The readout first sees the stimulus at step 5; the reference decodes from num_layers = 6.
+    assert torch.equal(out.decoded, decode(out.logits, "threshold", window=(6, 16)))
+    assert not list(model.decoder.parameters())
+
+
+def test_trainable_decoder_scalars_are_parameters():
+    spec = convrnn.model_spec("rgc_shallow", num_classes=3, image_size=32, width=0.0625)
+    spec.readout.decoder, spec.readout.trainable = "threshold", True
+    model = convrnn.create_model(spec)
+    assert {n for n, _ in model.decoder.named_parameters()} == {"beta", "threshold"}
+    assert 0 <= model.decoder.beta.item() < 1

@@ -74,3 +74,21 @@ def test_name_map_rejects_leftovers_on_either_side(reference_dir):
     # Optimizer slots are not weights: ignored.
     slots = dict(weights, **{"tnn_model/conv1/pre_0/bias/Momentum": np.zeros(8)})
     tf_to_state_dict(model, slots)
+
+
+def test_decoder_scalars_map_onto_the_readout(reference_dir):
+    """tmaxconf/dthresh checkpoints carry the decoders' scalars under the names the reference uses."""
+    _, _, weights, _ = _load(reference_dir, "rgc_intermediate")
+    model = convrnn.create_model("rgc_intermediate_tmaxconf", num_classes=10, image_size=194, width=1 / 8)
+    dead = {"tnn_model/probs/softmax_beta": np.ones(1), "tnn_model/alpha/softmax_beta": np.ones(1)}
+    state = tf_to_state_dict(model, {**weights, **dead, "tnn_model/normalize/softmax_beta": np.array([0.37])})
+    assert state["decoder.beta"].item() == pytest.approx(0.37)
+    model = convrnn.create_model("rgc_intermediate_dthresh", num_classes=10, image_size=194, width=1 / 8)
+    frozen = {"tnn_model/normalize/softmax_beta": np.ones(1), "tnn_model/decoder_threshold": np.array([0.9])}
+    tf_to_state_dict(model, {**weights, **dead, **frozen})
+    with pytest.raises(NameMapError, match=r"decoder_threshold: checkpoint has 0\.5"):
+        tf_to_state_dict(model, {**weights, **frozen, "tnn_model/decoder_threshold": np.array([0.5])})
+    # A 'last'-decoder model has no place for decoder scalars: the checkpoint is for another model.
+    plain = convrnn.create_model("rgc_intermediate", num_classes=10, image_size=194, width=1 / 8)
+    with pytest.raises(NameMapError, match="decoder_threshold"):
+        tf_to_state_dict(plain, {**weights, **frozen})

@@ -40,6 +40,9 @@ def test_fast_schedule_equals_naive_forward_and_gradients(name):
     out_f.logits[-1].square().sum().backward()
     out_n.logits[-1].square().sum().backward()
     for (n, a), (_, b) in zip(fast.named_parameters(), naive.named_parameters()):
+        if n.startswith("decoder."):  # chooses a step (argmax): no gradient either way
+            assert a.grad is None and b.grad is None
+            continue
         assert_same(a.grad, b.grad, n)
 
 

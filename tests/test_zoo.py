@@ -23,6 +23,13 @@ FULL_SIZE_PARAMS = {
     "gru_intermediate": 67_725_032,
     "lstm_intermediate": 84_832_232,
     "intersectionrnn_intermediate": 84_832_232,
+    # Released variants: the same networks; tmaxconf adds the decoder's trainable temperature.
+    "rgc_intermediate_dthresh": 15_445_800,
+    "rgc_intermediate_tmaxconf": 15_445_801,
+    "rgc_intermediate_t22_tmaxconf": 15_445_801,
+    "ugrnn_intermediate_t30": 50_617_832,
+    "ugrnn_intermediate_t30_dthresh": 50_617_832,
+    "ugrnn_intermediate_t30_tmaxconf": 50_617_833,
 }
 
 
@@ -30,8 +37,18 @@ def test_registry_lists_every_reference_model():
     cells = ("timedecay", "simplernn", "gru", "lstm", "ugrnn", "intersectionrnn")
     expected = {"ff_shallow", "rgc_shallow", "rgc_intermediate"}
     expected |= {f"{c}_{d}" for c in cells for d in ("shallow", "intermediate")}
+    expected |= {"rgc_intermediate_dthresh", "rgc_intermediate_tmaxconf", "rgc_intermediate_t22_tmaxconf"}
+    expected |= {"ugrnn_intermediate_t30", "ugrnn_intermediate_t30_dthresh", "ugrnn_intermediate_t30_tmaxconf"}
     assert set(convrnn.list_models()) == expected
-    assert convrnn.list_models("*rgc*") == ["rgc_intermediate", "rgc_shallow"]
+    # The 20 released checkpoints: every model but the feedforward control.
+    assert sum(convrnn.create_model(n, width=0.0625, image_size=32).pretrained_cfg is not None for n in expected) == 20
+    assert convrnn.list_models("rgc_*") == [
+        "rgc_intermediate",
+        "rgc_intermediate_dthresh",
+        "rgc_intermediate_t22_tmaxconf",
+        "rgc_intermediate_tmaxconf",
+        "rgc_shallow",
+    ]
     assert convrnn.list_models("nothing*") == []
 
 
@@ -45,7 +62,8 @@ def test_forward_backward_tiny(name):
     assert out.decoded.shape == (2, 3)
     assert torch.isfinite(out.logits).all()
     out.logits[-1].sum().backward()
-    grads = [p.grad for p in model.parameters()]
+    # A decoder's temperature only chooses a step (argmax): no gradient reaches it through that.
+    grads = [p.grad for n, p in model.named_parameters() if not n.startswith("decoder.")]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
 
@@ -94,8 +112,18 @@ def test_create_model_errors_and_metadata():
     with pytest.raises(TypeError, match="apply to named models only"):
         convrnn.create_model(spec, width=0.5)
     model = convrnn.create_model("rgc_intermediate", width=0.125)
-    assert model.pretrained_cfg["top1"] == 73.0
+    assert (model.pretrained_cfg["top1"], model.pretrained_cfg["top5"]) == (73.0, 91.16)
     assert model.pretrained_cfg["url"].endswith("/rgc_intermediate/")
+    assert convrnn.create_model("ff_shallow", width=0.125).pretrained_cfg is None
+
+
+def test_released_variants_unroll_and_decode_as_released():
+    m = convrnn.create_model("ugrnn_intermediate_t30_dthresh", num_classes=3, image_size=32, width=0.0625)
+    assert (m.spec.times, m.spec.presentation.kind, m.spec.readout.decoder) == (30, "constant", "threshold")
+    assert m.pretrained_cfg["decoder"] == "threshold" and m.pretrained_cfg["presentation"] == "constant"
+    m = convrnn.create_model("rgc_intermediate_tmaxconf", num_classes=3, image_size=32, width=0.0625)
+    assert (m.spec.times, m.spec.presentation.kind, m.spec.readout.decoder) == (17, "default", "max_conf")
+    assert [n for n, _ in m.decoder.named_parameters()] == ["beta"]
 
 
 def test_weights_round_trip_safetensors_and_torch(tmp_path):

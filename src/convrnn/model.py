@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from convrnn.data.presentation import make_stimulus
 from convrnn.graph import Layer, plan_model
-from convrnn.readout import decode
+from convrnn.readout import Decoder
 from convrnn.spec import ModelSpec, PresentationSpec
 from convrnn.unroll import MODES, first_stimulus_steps, unroll
 
@@ -48,6 +48,8 @@ class ConvRNN(nn.Module):
         self.layers = nn.ModuleDict(
             {layer.name: Layer(spec, self.plans[layer.name], self.plans) for layer in spec.layers}
         )
+        r = spec.readout
+        self.decoder = Decoder(r.decoder, r.window, r.threshold, r.beta, r.trainable)
         self.unroll_mode = unroll
         self.fast = fast
         self.pretrained_cfg: dict[str, Any] | None = None
@@ -131,9 +133,9 @@ class ConvRNN(nn.Module):
 
     def decode(self, logits: Tensor) -> Tensor:
         """Apply the spec's readout decoder to (T, B, K) logits."""
-        r = self.spec.readout
-        start = int(self.first_stimulus_steps()[r.layer])
-        return decode(logits, r.decoder, window=r.window, threshold=r.threshold, start=min(start, logits.shape[0] - 1))
+        # The reference decodes from step num_layers: one after the readout first sees the stimulus.
+        start = int(self.first_stimulus_steps()[self.spec.readout.layer]) + 1
+        return self.decoder(logits, start)
 
     def features(
         self,

@@ -157,15 +157,20 @@ class EdgeSpec:
 class ReadoutSpec:
     """Which layer gives the logits and how logits over time become one prediction.
 
-    decoder: ``last`` (the last step), ``avg`` (mean of the logits over ``window`` = [start, end)),
-    ``max_conf`` (per example, the step whose softmax peaks highest), ``threshold`` (the first step
-    whose max softmax probability reaches ``threshold``, else the most confident step).
+    decoder: ``last`` (the last step), ``avg`` (mean of the logits over ``window``), ``max_conf`` (per
+    example, the step whose softmax peaks highest), ``threshold`` (the first step whose max softmax
+    probability reaches ``threshold``, else the most confident step); see :mod:`convrnn.readout`.
+    ``window`` = [start, end) of the steps considered (default: the reference's ``[num_layers, T)``,
+    one step after the stimulus can first reach the readout). ``beta`` is the confidence softmax's
+    temperature; ``trainable`` makes it (and the threshold) a parameter, as in the ``tmaxconf`` models.
     """
 
     layer: str = "imnetds"
     decoder: Literal["last", "avg", "max_conf", "threshold"] = "last"
     window: tuple[int, int] | None = None
     threshold: float = 0.9
+    beta: float = 1.0
+    trainable: bool = False
 
 
 @dataclass
@@ -285,7 +290,7 @@ class ModelSpec:
                     )
         if self.readout.layer not in seen:
             raise SpecError(f"readout.layer: unknown layer {self.readout.layer!r}")
-        if self.readout.decoder == "avg" and self.readout.window is not None:
+        if self.readout.window is not None:
             a, b = self.readout.window
             if not 0 <= a < b:
                 raise SpecError(f"readout.window: need 0 <= start < end, got {self.readout.window}")

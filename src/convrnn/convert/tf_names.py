@@ -9,6 +9,9 @@ The reference names variables ``tnn_model/<layer>/...``:
   ``ReciprocalGateCell/cell/tau/depthwise_weights`` (median cell) or
   ``ReciprocalGateCell/cell/tau/weights`` (shallow cell).
 
+- ``normalize/softmax_beta`` and ``decoder_threshold``: the temporal decoders' scalars
+  (``tmaxconf``/``dthresh`` models).
+
 Layouts change on the way: conv kernels HWIO -> OIHW, depthwise kernels [kh, kw, in, 1] ->
 [in, 1, kh, kw], FC [in, out] -> [out, in], LSTM peepholes [H, W, C] -> [C, H, W]. Every variable must
 land somewhere (optimizer slots such as ``*/Momentum`` are ignored) and every parameter and buffer of
@@ -228,6 +231,29 @@ def _stage(pool: _Pool, ops: nn.ModuleList, base: str, stage: str, key: str, out
             raise NameMapError(f"{k}: no TF name map for {type(op).__name__}")
 
 
+# Scalars the reference's temporal decoders create. ``compute_alpha`` makes two softmax temperatures
+# whose output every decoder computes and then discards: they cannot change a prediction.
+_DEAD_DECODER_SCALARS = ("probs/softmax_beta", "alpha/softmax_beta")
+
+
+def _decoder(pool: _Pool, model: ConvRNN, prefix: str, out: dict[str, Tensor]) -> None:
+    """The max-confidence / threshold decoders' temperature and threshold (``dthresh``/``tmaxconf``)."""
+    for name in _DEAD_DECODER_SCALARS:
+        if pool.has(f"{prefix}/{name}"):
+            pool.take(f"{prefix}/{name}")
+    dec = model.decoder
+    for attr, tf_name in (("beta", "normalize/softmax_beta"), ("threshold", "decoder_threshold")):
+        key = f"{prefix}/{tf_name}"
+        value = getattr(dec, attr)
+        if isinstance(value, nn.Parameter):
+            out[f"decoder.{attr}"] = torch.from_numpy(pool.take(key)).reshape(1)
+        elif pool.has(key) and dec.decoder in ("max_conf", "threshold"):
+            # A frozen scalar: the spec holds it; the checkpoint must agree.
+            got = float(pool.take(key).reshape(-1)[0])
+            if abs(got - float(value)) > 1e-6:
+                raise NameMapError(f"{key}: checkpoint has {got}, the model's readout spec says {float(value)}")
+
+
 def tf_to_state_dict(model: ConvRNN, tf: Mapping[str, np.ndarray], prefix: str = PREFIX) -> dict[str, Tensor]:
     """Convert reference TF variables (name -> array) into ``model``'s state dict, one-to-one."""
     pool = _Pool(tf)
@@ -237,6 +263,7 @@ def tf_to_state_dict(model: ConvRNN, tf: Mapping[str, np.ndarray], prefix: str =
         _stage(pool, layer.pre, base, "pre", key, out)
         _cell(pool, layer.cell, base, f"{key}.cell", out)
         _stage(pool, layer.post, base, "post", key, out)
+    _decoder(pool, model, prefix, out)
     own = model.state_dict()
     problems = []
     if pool.left:

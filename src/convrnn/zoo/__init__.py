@@ -1,6 +1,6 @@
 """The model zoo: every named model is a spec builder registered with :func:`register_model`."""
 
-from convrnn.zoo import intermediate, shallow  # noqa: F401  (registers the models)
+from convrnn.zoo import intermediate, shallow, variants  # noqa: F401  (registers the models)
 from convrnn.zoo.registry import (
     CITATION,
     ModelEntry,

@@ -43,7 +43,7 @@ from convrnn.spec import (
     PresentationSpec,
     Residual,
 )
-from convrnn.zoo.registry import CHECKPOINT_URL, WeightsInfo, register_model
+from convrnn.zoo.registry import register_model, released
 from convrnn.zoo.shallow import frozen_memory, scale
 
 RGC_CHANNELS = (64, 128, 128, 128, 128, 256, 256, 256, 512, 512)
@@ -111,10 +111,7 @@ def _chain(names: list[str]) -> list[EdgeSpec]:
     return [EdgeSpec(a, b) for a, b in itertools.pairwise(names)]
 
 
-@register_model(
-    "rgc_intermediate",
-    weights=WeightsInfo(source="rgc_intermediate", top1=73.0, url=CHECKPOINT_URL.format(name="rgc_intermediate")),
-)
+@register_model("rgc_intermediate", weights=released("rgc_intermediate", 73.00, 91.16))
 def rgc_intermediate(num_classes: int = 1000, image_size: int = 224, width: float = 1.0, times: int = 17) -> ModelSpec:
     """``rgc_intermediate``: the searched median RGC in conv4-10 with five long-range feedbacks."""
     ch = [scale(c, width) for c in RGC_CHANNELS]
@@ -161,7 +158,15 @@ INTERMEDIATE_CELLS: dict[str, Callable[[int], CellConfig]] = {
     "ugrnn": lambda c: UGRNNConfig(out_channels=c),
     "intersectionrnn": lambda c: IntersectionRNNConfig(out_channels=c),
 }
-TOP1 = {"timedecay": 67.52, "simplernn": 70.47, "gru": 69.81, "lstm": 69.57, "intersectionrnn": 68.98, "ugrnn": 69.78}
+# ImageNet val top-1 / top-5 (%) of the released checkpoints (the reference's README).
+ACCURACY = {
+    "timedecay": (67.52, 87.80),
+    "simplernn": (70.47, 89.48),
+    "gru": (69.81, 89.25),
+    "lstm": (69.57, 89.18),
+    "intersectionrnn": (68.98, 88.67),
+    "ugrnn": (69.78, 89.21),
+}
 
 
 def _register(cell: str) -> None:
@@ -173,7 +178,7 @@ def _register(cell: str) -> None:
         )
 
     build.__doc__ = f"``{name}``: residual intermediate backbone with {cell} cells in conv4-conv10."
-    register_model(name, weights=WeightsInfo(source=name, top1=TOP1[cell], url=CHECKPOINT_URL.format(name=name)))(build)
+    register_model(name, weights=released(name, *ACCURACY[cell]))(build)
 
 
 for _cell in INTERMEDIATE_CELLS:

@@ -38,6 +38,11 @@ class WeightsInfo:
     citation: str = CITATION
 
 
+def released(name: str, top1: float, top5: float | None = None, **kw: Any) -> WeightsInfo:
+    """Metadata of a checkpoint the reference released under ``name`` (5.3 GB for all 20)."""
+    return WeightsInfo(source=name, top1=top1, top5=top5, url=CHECKPOINT_URL.format(name=name), **kw)
+
+
 @dataclass
 class ModelEntry:
     name: str

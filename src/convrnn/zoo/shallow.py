@@ -32,7 +32,7 @@ from convrnn.cells import (
     UGRNNConfig,
 )
 from convrnn.spec import Conv, EdgeSpec, GlobalAvgPool, LayerSpec, MaxPool, ModelSpec, PresentationSpec
-from convrnn.zoo.registry import CHECKPOINT_URL, WeightsInfo, register_model
+from convrnn.zoo.registry import register_model, released
 
 CHANNELS = (64, 128, 256, 256, 512)
 AREAS = {"V4": ["conv3"], "pIT": ["conv4"], "cIT-aIT": ["conv5"], "IT": ["conv4", "conv5"]}
@@ -107,14 +107,15 @@ SHALLOW_CELLS: dict[str, Callable[[int, int, float], CellConfig]] = {
     # rgc_shallow (cells.py): all 3x3, no conv biases, sigmoid gates, residual_to_out_gate from r.
     "rgc": lambda i, c, w: RGCConfig(cell_channels=c, residual_to_out_gate=True, conv_bias=False),
 }
-TOP1 = {
-    "timedecay": 50.06,
-    "simplernn": 61.11,
-    "gru": 62.16,
-    "lstm": 63.43,
-    "intersectionrnn": 65.42,
-    "ugrnn": 60.82,
-    "rgc": 66.97,
+# ImageNet val top-1 / top-5 (%) of the released checkpoints (the reference's README).
+ACCURACY = {
+    "timedecay": (50.06, 72.97),
+    "simplernn": (61.11, 83.15),
+    "gru": (62.16, 84.02),
+    "lstm": (63.43, 84.89),
+    "intersectionrnn": (65.42, 86.02),
+    "ugrnn": (60.82, 83.23),
+    "rgc": (66.97, 87.02),
 }
 
 
@@ -135,8 +136,7 @@ def _register(cell: str) -> None:
         )
 
     build.__doc__ = f"``{name}``: the shallow backbone with {cell} cells in conv3-conv5."
-    weights = WeightsInfo(source=name, top1=TOP1[cell], url=CHECKPOINT_URL.format(name=name))
-    register_model(name, weights=weights)(build)
+    register_model(name, weights=released(name, *ACCURACY[cell]))(build)
 
 
 for _cell in SHALLOW_CELLS:
