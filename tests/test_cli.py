@@ -1,5 +1,7 @@
 """The command line: help, listing, specs, feature extraction on real photos."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -45,12 +47,56 @@ def test_extract_on_image_files_saves_features(tmp_path, capsys):
 
 
 def test_extract_bad_input_is_one_clear_line(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="no such image file"):
-        main(["extract", str(tmp_path / "missing.png"), "--width", "0.0625", "--image-size", "32"])
+    args = ["--width", "0.0625", "--image-size", "32"]
+    assert main(["extract", str(tmp_path / "missing.png"), *args]) == 2
+    assert "no such image file" in capsys.readouterr().err
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    with pytest.raises(SystemExit, match="cannot read image"):
-        main(["extract", str(bad), "--width", "0.0625", "--image-size", "32"])
+    assert main(["extract", str(bad), *args]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read image" in err and "bad.png" in err and len(err.strip().splitlines()) == 1
+
+
+def _image_folder(root, classes, per_class, rng, mode="RGB"):
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            a = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+            Image.fromarray(a).convert(mode).save(root / c / f"{i}.png")
+
+
+def test_eval_on_an_imagenet_layout_folder(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    _image_folder(tmp_path / "data" / "val", ["n01", "n02", "n03"], 3, rng)
+    # Grayscale and RGBA files are converted, not rejected.
+    Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(tmp_path / "data/val/n01/gray.png")
+    Image.fromarray(rng.integers(0, 255, (20, 24, 4), dtype=np.uint8)).save(tmp_path / "data/val/n02/rgba.png")
+    out = tmp_path / "acc.json"
+    args = ["eval", "--data", str(tmp_path / "data"), "--model", "rgc_shallow", "--num-classes", "3"]
+    args += ["--image-size", "32", "--width", "0.0625", "--workers", "0", "--batch-size", "4", "--json", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "(11 images)" in text and "readout (last)" in text
+    result = json.loads(out.read_text())
+    assert result["n"] == 11 and len(result["top1_per_step"]) == 16
+    assert all(a5 == 1.0 for a5 in result["top5_per_step"])  # 3 classes: always in the top 5
+
+
+def test_eval_rejects_folders_that_are_not_imagenet_layout(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(flat / "a.png")
+    args = ["--model", "rgc_shallow", "--num-classes", "2", "--image-size", "32", "--width", "0.0625"]
+    assert main(["eval", "--data", str(flat), *args]) == 2
+    assert "holds no class folders" in capsys.readouterr().err
+    _image_folder(tmp_path / "one", ["a"], 1, rng)
+    (tmp_path / "one" / "b").mkdir()
+    assert main(["eval", "--data", str(tmp_path / "one"), *args]) == 2
+    assert "holds no images" in capsys.readouterr().err
+    _image_folder(tmp_path / "three", ["a", "b", "c"], 1, rng)
+    with pytest.raises(SystemExit, match="has 3 classes but the model has 2 outputs"):
+        main(["eval", "--data", str(tmp_path / "three"), *args])
 
 
 def test_demo_runs_on_scikit_image_photos(capsys):

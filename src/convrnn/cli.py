@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 import convrnn
+from convrnn.data.images import ImageError, eval_transform, load_images
 from convrnn.spec import ModelSpec
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
@@ -45,49 +44,18 @@ def _build(args: argparse.Namespace) -> convrnn.ConvRNN:
     return convrnn.create_model(args.model, weights=args.weights, **overrides)
 
 
-def load_images(paths: list[Path], size: int) -> tuple[torch.Tensor, list[str]]:
-    """Read image files, resize the short side to ``size`` and centre-crop, ImageNet-normalise."""
-    from PIL import Image
-
-    arrays, names = [], []
-    for p in paths:
-        if not p.exists():
-            raise SystemExit(f"convrnn: no such image file {str(p)!r}")
-        try:
-            img = Image.open(p).convert("RGB")
-        except OSError as e:
-            raise SystemExit(f"convrnn: cannot read image {str(p)!r}: {e}") from None
-        arrays.append(_square(np.asarray(img), size))
-        names.append(p.name)
-    return _normalise(arrays), names
-
-
-def _square(a: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    img = Image.fromarray(a[..., :3] if a.ndim == 3 else np.stack([a] * 3, -1))
-    w, h = img.size
-    s = size / min(w, h)
-    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
-
-
-def _normalise(arrays: list[np.ndarray]) -> torch.Tensor:
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 def skimage_photos(size: int) -> tuple[torch.Tensor, list[str]]:
     """scikit-image's bundled sample photographs, as a normalised batch."""
     try:
         from skimage import data
     except ImportError:
         raise SystemExit("convrnn: the demo needs scikit-image (pip install 'convrnn[demo]')") from None
-    return _normalise([_square(getattr(data, n)(), size) for n in SKIMAGE_PHOTOS]), list(SKIMAGE_PHOTOS)
+    from PIL import Image
+
+    tf = eval_transform(size)
+    return torch.stack([tf(Image.fromarray(getattr(data, n)()).convert("RGB")) for n in SKIMAGE_PHOTOS]), list(
+        SKIMAGE_PHOTOS
+    )
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -116,7 +84,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     model = _build(args).eval()
     size = model.spec.image_size
     if args.images:
-        x, names = load_images(args.images, size)
+        x, names = load_images(args.images, size), [p.name for p in args.images]
     else:
         x, names = skimage_photos(size)
     areas = args.areas or [a for a in ("V4", "pIT", "cIT-aIT", "IT") if a in model.spec.areas] or list(model.layers)
@@ -143,6 +111,49 @@ def cmd_extract(args: argparse.Namespace) -> int:
         np.savez_compressed(tmp, **arrays)
         tmp.replace(out)
         print(f"wrote {out} ({len(arrays)} arrays)")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from convrnn.convert import convert_checkpoint
+
+    model = _build(args)
+    out = convert_checkpoint(args.checkpoint, model, args.out, model_name=args.model)
+    print(f"converted {args.checkpoint} -> {out} ({sum(p.numel() for p in model.state_dict().values()):,} values)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from torch.utils.data import DataLoader
+
+    from convrnn.data.images import ImageFolder
+    from convrnn.train import evaluate
+
+    model = _build(args)
+    root = Path(args.data)
+    folder = root / args.split if (root / args.split).is_dir() else root
+    dataset = ImageFolder(folder, eval_transform(model.spec.image_size))
+    if len(dataset.classes) != model.num_classes:
+        raise SystemExit(
+            f"convrnn: {str(folder)!r} has {len(dataset.classes)} classes but the model has {model.num_classes} outputs"
+        )
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+    acc = evaluate(model, loader, times=args.times, presentation=args.presentation, limit=args.limit)
+    print(f"{model.spec.name} on {folder} ({acc.n} images)")
+    print(f"{'step':>4s} {'ms':>9s} {'top-1':>7s} {'top-5':>7s}")
+    for t, (a1, a5) in enumerate(zip(acc.top1, acc.top5)):
+        lo, hi = model.step_window_ms(t)
+        print(f"{t:4d} {f'{lo:.0f}-{hi:.0f}':>9s} {100 * a1:7.2f} {100 * a5:7.2f}")
+    print(
+        f"readout ({model.spec.readout.decoder}): top-1 {100 * acc.decoded_top1:.2f}  top-5 {100 * acc.decoded_top5:.2f}"
+    )
+    if args.json:
+        out = Path(args.json)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps({"model": model.spec.name, "data": str(folder), **acc.as_dict()}, indent=2))
+        tmp.replace(out)
     return 0
 
 
@@ -181,6 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(fn=cmd_extract, images=[])
         if name == "demo":
             s.set_defaults(image_size=None, width=0.5)
+    s = sub.add_parser("convert", help="convert a reference TensorFlow checkpoint to .safetensors")
+    s.add_argument("checkpoint", help="checkpoint prefix, e.g. ckpts/rgc_intermediate/model.ckpt")
+    _model_args(s)
+    s.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+    s.set_defaults(fn=cmd_convert, spec=None, weights=None)
+
+    s = sub.add_parser("eval", help="top-1/top-5 at every time step on an ImageNet-layout folder")
+    s.add_argument("--data", type=Path, required=True, help="a folder of class folders, or one holding --split")
+    s.add_argument("--split", default="val", help="sub-folder of --data to use if present (default val)")
+    _model_args(s)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    s.add_argument("--times", type=int, default=None, help="steps (default: the model's)")
+    s.add_argument("--presentation", default=None, choices=("default", "neural", "constant"))
+    s.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    s.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    s.set_defaults(fn=cmd_eval)
     return p
 
 
@@ -188,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, FileNotFoundError, ImageError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"convrnn: {msg}", file=sys.stderr)
         return 2

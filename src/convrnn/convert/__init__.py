@@ -1,5 +1,15 @@
 """Conversion of the reference's TensorFlow weights to convrnn."""
 
+from convrnn.convert.checkpoint import convert_checkpoint
+from convrnn.convert.tf_checkpoint import CheckpointError, read_checkpoint, read_index
 from convrnn.convert.tf_names import NameMapError, load_tf_weights, tf_to_state_dict
 
-__all__ = ["NameMapError", "load_tf_weights", "tf_to_state_dict"]
+__all__ = [
+    "CheckpointError",
+    "NameMapError",
+    "convert_checkpoint",
+    "load_tf_weights",
+    "read_checkpoint",
+    "read_index",
+    "tf_to_state_dict",
+]

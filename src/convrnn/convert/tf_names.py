@@ -88,7 +88,7 @@ def _conv(pool: _Pool, mod: nn.Module, scope: str, out: dict[str, Tensor], key: 
             out[f"{key}.bias"] = torch.from_numpy(pool.take(f"{scope}/bias"))
         return
     assert isinstance(mod, SameConv2d)
-    sep = "/" if pool.has(f"{scope}/weights") else "_"
+    sep = "_" if pool.has(f"{scope}_weights") else "/"  # the median cell's flat names, else scoped
     out[f"{key}.weight"] = _hwio(pool.take(f"{scope}{sep}weights"))
     if mod.bias is not None:
         out[f"{key}.bias"] = torch.from_numpy(pool.take(f"{scope}{sep}bias"))
@@ -258,14 +258,24 @@ def tf_to_state_dict(model: ConvRNN, tf: Mapping[str, np.ndarray], prefix: str =
     """Convert reference TF variables (name -> array) into ``model``'s state dict, one-to-one."""
     pool = _Pool(tf)
     out: dict[str, Tensor] = {}
+    problems = []
     for name, layer in model.layers.items():
         base, key = f"{prefix}/{name}", f"layers.{name}"
-        _stage(pool, layer.pre, base, "pre", key, out)
-        _cell(pool, layer.cell, base, f"{key}.cell", out)
-        _stage(pool, layer.post, base, "post", key, out)
-    _decoder(pool, model, prefix, out)
+        # Keep going past a layer that does not match, so the error lists every mismatch at once.
+        for fill, args in (
+            (_stage, (pool, layer.pre, base, "pre", key, out)),
+            (_cell, (pool, layer.cell, base, f"{key}.cell", out)),
+            (_stage, (pool, layer.post, base, "post", key, out)),
+        ):
+            try:
+                fill(*args)
+            except NameMapError as e:
+                problems.append(str(e))
+    try:
+        _decoder(pool, model, prefix, out)
+    except NameMapError as e:
+        problems.append(str(e))
     own = model.state_dict()
-    problems = []
     if pool.left:
         problems.append(f"TF variables with no place in the model: {sorted(pool.left)}")
     missing = sorted(set(own) - set(out))
