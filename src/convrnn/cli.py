@@ -18,6 +18,8 @@ import torch
 import convrnn
 from convrnn.data.images import ImageError, eval_transform, load_images
 from convrnn.spec import ModelSpec
+from convrnn.train.checkpoint import CheckpointWriteError
+from convrnn.train.trainer import TrainingError
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -123,6 +125,60 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (``max_steps`` -> ``--max-steps``)."""
+    import dataclasses
+    import typing
+
+    from convrnn.train.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag, tp = "--" + f.name.replace("_", "-"), hints[f.name]
+        args = typing.get_args(tp)
+        if tp is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif typing.get_origin(tp) is typing.Literal:
+            p.add_argument(flag, choices=args, default=f.default)
+        else:
+            base = next((a for a in args if a is not type(None)), tp)
+            conv = _or_none(base) if type(None) in args else base
+            p.add_argument(flag, type=conv, default=f.default, metavar=f.name.upper())
+
+
+def _or_none(base: type):
+    """A flag type that also takes ``none`` (e.g. ``--clip-norm none``)."""
+
+    def parse(text: str):
+        return None if text.lower() == "none" else base(text)
+
+    parse.__name__ = base.__name__
+    return parse
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from convrnn.train.config import TrainConfig
+    from convrnn.train.trainer import train
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    result = train(cfg)
+    if result:
+        _print_accuracy(result["top1_per_step"], result["top5_per_step"], 10.0)
+        print(f"readout: top-1 {100 * result['decoded_top1']:.2f}%  ({result['n']} validation images)")
+        if result.get("skipped_images"):
+            print(f"skipped {result['skipped_images']} unreadable training images")
+        print(f"run folder: {cfg.out}  (plot: {Path(cfg.out) / 'plots' / 'accuracy_per_step.png'})")
+    return 0
+
+
+def _print_accuracy(top1: list[float], top5: list[float], step_ms: float) -> None:
+    print(f"{'step':>4s} {'ms':>9s} {'top-1':>7s} {'top-5':>7s}")
+    for t, (a1, a5) in enumerate(zip(top1, top5, strict=True)):
+        print(f"{t:4d} {f'{t * step_ms:.0f}-{(t + 1) * step_ms:.0f}':>9s} {100 * a1:7.2f} {100 * a5:7.2f}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -131,6 +187,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from convrnn.data.images import ImageFolder
     from convrnn.train import evaluate
 
+    if args.run is not None:
+        return _eval_run(args)
+    if args.data is None:
+        raise SystemExit("convrnn: eval needs --data DIR (with --model) or --run DIR")
     model = _build(args)
     root = Path(args.data)
     folder = root / args.split if (root / args.split).is_dir() else root
@@ -154,6 +214,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(json.dumps({"model": model.spec.name, "data": str(folder), **acc.as_dict()}, indent=2))
         tmp.replace(out)
+    return 0
+
+
+def _eval_run(args: argparse.Namespace) -> int:
+    """Evaluate a training run's final weights (else its latest checkpoint) on its validation data."""
+    import json
+
+    from safetensors.torch import load_file
+    from torch.utils.data import DataLoader
+
+    from convrnn.train import evaluate
+    from convrnn.train.checkpoint import load_latest
+    from convrnn.train.config import TrainConfig
+    from convrnn.train.data import build_datasets, collate
+    from convrnn.train.plots import plot_accuracy
+    from convrnn.train.trainer import build_model
+
+    run = Path(args.run)
+    if not (run / "config.yaml").exists():
+        raise SystemExit(f"convrnn: --run {str(run)!r} holds no config.yaml: not a training run folder")
+    cfg = TrainConfig.load(run / "config.yaml")
+    image_size = cfg.image_size or (32 if cfg.data == "clutter" else 224)
+    _, val, classes = build_datasets(cfg.data, image_size, cfg.seed, cfg.train_size, cfg.val_size, False)
+    model = build_model(cfg.model, len(classes), image_size, cfg.width)
+    if (run / "final" / "model.safetensors").exists():
+        model.load_state_dict(load_file(str(run / "final" / "model.safetensors")))
+    else:
+        latest = load_latest(run)
+        if latest is None:
+            raise SystemExit(f"convrnn: --run {str(run)!r} has no weights yet (no final/ and no checkpoint)")
+        model.load_state_dict(latest[0])
+    loader = DataLoader(val, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
+    acc = evaluate(model, ((x, y) for x, y, _ in loader), times=args.times or cfg.times, limit=args.limit)
+    print(f"{model.spec.name} ({run}) on its validation data ({acc.n} images)")
+    _print_accuracy(acc.top1, acc.top5, model.spec.step_ms)
+    print(
+        f"readout ({model.spec.readout.decoder}): top-1 {100 * acc.decoded_top1:.2f}  top-5 {100 * acc.decoded_top5:.2f}"
+    )
+    plot = plot_accuracy([acc.as_dict()], run / "plots" / "eval_accuracy_per_step.png", title=run.name)
+    print(f"plot: {plot}")
+    out = Path(args.json) if args.json else run / "eval.json"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps({"model": model.spec.name, "run": str(run), **acc.as_dict()}, indent=2))
+    tmp.replace(out)
     return 0
 
 
@@ -198,8 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
     s.set_defaults(fn=cmd_convert, spec=None, weights=None)
 
-    s = sub.add_parser("eval", help="top-1/top-5 at every time step on an ImageNet-layout folder")
-    s.add_argument("--data", type=Path, required=True, help="a folder of class folders, or one holding --split")
+    s = sub.add_parser("train", help="train a model (resumes if --out holds this run); works under torchrun")
+    _train_flags(s)
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("eval", help="top-1/top-5 at every time step on an ImageNet-layout folder or a run")
+    s.add_argument("--run", type=Path, help="a training run folder: evaluate its weights on its validation data")
+    s.add_argument("--data", type=Path, help="a folder of class folders, or one holding --split")
     s.add_argument("--split", default="val", help="sub-folder of --data to use if present (default val)")
     _model_args(s)
     s.add_argument("--batch-size", type=int, default=32)
@@ -216,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError, ImageError) as e:
+    except (ValueError, KeyError, FileNotFoundError, ImageError, TrainingError, CheckpointWriteError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"convrnn: {msg}", file=sys.stderr)
         return 2

@@ -15,7 +15,6 @@ with an error that names the offending field (``edges[2].source: unknown layer '
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import types
 import typing
@@ -26,6 +25,7 @@ from typing import Any, ClassVar, Literal, Union
 from convrnn.cells import CELL_CONFIGS, CellConfig, IdentityConfig
 from convrnn.errors import SpecError
 from convrnn.ops import ACTIVATIONS
+from convrnn.serialize import TAGGED, from_data, to_data
 
 __all__ = [
     "Activation",
@@ -116,6 +116,14 @@ class Residual:
 
 Op = Conv | MaxPool | GlobalAvgPool | Linear | Activation | Residual
 OPS: dict[str, type] = {c.op: c for c in (Conv, MaxPool, GlobalAvgPool, Linear, Activation, Residual)}
+TAGGED.append(
+    (
+        lambda tp: tp is Op or (typing.get_origin(tp) in (Union, types.UnionType) and Conv in typing.get_args(tp)),
+        "op",
+        OPS,
+    )
+)
+TAGGED.append((lambda tp: tp is CellConfig, "type", CELL_CONFIGS))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,11 +333,11 @@ class ModelSpec:
 
     # --- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _to_data(self)
+        return to_data(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        return _from_data(cls, data, "spec")
+        return from_data(cls, data, "spec")
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -363,113 +371,3 @@ class ModelSpec:
         text = path.read_text()
         spec = cls.from_yaml(text) if path.suffix in (".yaml", ".yml") else cls.from_json(text)
         return spec.validate()
-
-
-# ----------------------------------------------------------------------------------------------
-# Generic dataclass <-> plain data
-# ----------------------------------------------------------------------------------------------
-
-
-def _to_data(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        out: dict[str, Any] = {}
-        tag = getattr(type(obj), "op", None) or getattr(type(obj), "type", None)
-        if isinstance(tag, str):
-            out["op" if hasattr(type(obj), "op") else "type"] = tag
-        for f in dataclasses.fields(obj):
-            out[f.name] = _to_data(getattr(obj, f.name))
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [_to_data(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: _to_data(v) for k, v in obj.items()}
-    return obj
-
-
-def _from_data(tp: Any, data: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return data
-    if tp is Op or (origin in (Union, types.UnionType) and Conv in args):
-        return _tagged(OPS, "op", data, path)
-    if tp is CellConfig:
-        return _tagged(CELL_CONFIGS, "type", data, path)
-    if origin in (Union, types.UnionType):
-        if data is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _from_data(inner[0], data, path)
-        for a in inner:  # e.g. int | tuple[int, int]
-            try:
-                return _from_data(a, data, path)
-            except SpecError:
-                continue
-        raise SpecError(f"{path}: cannot read {data!r}")
-    if origin is Literal:
-        if data not in args:
-            raise SpecError(f"{path}: {data!r} is not one of {', '.join(map(repr, args))}")
-        return data
-    if origin is list:
-        if not isinstance(data, list):
-            raise SpecError(f"{path}: expected a list, got {type(data).__name__}")
-        return [_from_data(args[0], x, f"{path}[{i}]") for i, x in enumerate(data)]
-    if origin is tuple:
-        if not isinstance(data, (list, tuple)) or len(data) != len(args):
-            raise SpecError(f"{path}: expected a list of {len(args)} items, got {data!r}")
-        return tuple(_from_data(a, x, f"{path}[{i}]") for i, (a, x) in enumerate(zip(args, data, strict=True)))
-    if origin is dict:
-        if not isinstance(data, dict):
-            raise SpecError(f"{path}: expected a mapping, got {type(data).__name__}")
-        return {k: _from_data(args[1], v, f"{path}.{k}") for k, v in data.items()}
-    if dataclasses.is_dataclass(tp):
-        return _dataclass_from(tp, data, path)
-    if tp is float:
-        if isinstance(data, bool) or not isinstance(data, (int, float)):
-            raise SpecError(f"{path}: expected a number, got {data!r}")
-        return float(data)
-    if tp is int:
-        if isinstance(data, bool) or not isinstance(data, int):
-            raise SpecError(f"{path}: expected an integer, got {data!r}")
-        return data
-    if tp is bool:
-        if not isinstance(data, bool):
-            raise SpecError(f"{path}: expected true/false, got {data!r}")
-        return data
-    if tp is str:
-        if not isinstance(data, str):
-            raise SpecError(f"{path}: expected a string, got {data!r}")
-        return data
-    if tp is type(None):
-        if data is not None:
-            raise SpecError(f"{path}: expected null, got {data!r}")
-        return None
-    raise SpecError(f"{path}: unsupported field type {tp!r}")
-
-
-def _tagged(registry: dict[str, type], key: str, data: Any, path: str) -> Any:
-    if not isinstance(data, dict) or key not in data:
-        raise SpecError(f"{path}: expected a mapping with a {key!r} key, got {data!r}")
-    tag = data[key]
-    if tag not in registry:
-        raise SpecError(f"{path}.{key}: unknown {key} {tag!r} (known: {', '.join(sorted(registry))})")
-    rest = {k: v for k, v in data.items() if k != key}
-    return _dataclass_from(registry[tag], rest, path)
-
-
-def _dataclass_from(cls: type, data: Any, path: str) -> Any:
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for k in data:
-        if k not in fields:
-            raise SpecError(f"{path}.{k}: unknown field for {cls.__name__}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _from_data(hints[name], data[name], f"{path}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise SpecError(f"{path}.{name}: missing required field")
-    return cls(**kwargs)

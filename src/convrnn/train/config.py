@@ -1,0 +1,103 @@
+"""The resolved configuration of a training run (written as ``config.yaml`` in the run folder).
+
+Defaults follow the reference where it recorded them: SGD with Nesterov momentum 0.9 (its checkpoints
+hold ``Momentum`` slots; the LSTM search trial used Nesterov 0.9), L2 weight decay 1e-4 on every
+variable (for SGD the same as ``weight_decay``), gradient clipping (by norm 1.0 as PyTorchTNN's
+rgc_shallow recipe; ``clip_value`` gives the reference trial's clipping by value, ±0.324), loss on
+the last step's logits (the reference's ``decoder_type='last'``). Not recorded anywhere: epochs and
+schedule; here a cosine schedule with a linear warm-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from convrnn.errors import SpecError
+from convrnn.serialize import from_data, to_data
+
+# Fields that do not change the numbers a run computes: a resumed run may differ in these.
+NON_SEMANTIC = {"workers", "force", "skip_bad_images", "log_every", "progress", "out"}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; ``convrnn train`` flags map one-to-one onto these fields."""
+
+    model: str = "rgc_shallow"  # a zoo name or a spec YAML/JSON file
+    data: str = "clutter"  # "clutter" (the built-in task) or an ImageNet-layout folder
+    out: str = "runs/run"
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
+    batch_size: int = 64  # the global batch, split across processes under torchrun
+    image_size: int | None = None  # default: 32 for clutter, 224 for folders
+    width: float | None = None  # the zoo's channel width multiplier (default 1.0)
+    times: int | None = None  # steps to unroll (default: the model's)
+    loss: Literal["last", "avg", "all"] = (
+        "last"  # on the last step / the window mean / every step once the readout sees the stimulus
+    )
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    clip_norm: float | None = 1.0
+    clip_value: float | None = None
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_steps: int = 0
+    step_every: int = 30  # epochs between x0.1 drops with schedule="step"
+    seed: int = 0
+    checkpoint_every: int = 500  # optimizer steps; also at each epoch end
+    keep_checkpoints: int = 2
+    eval_every: int = 1  # epochs
+    workers: int = 2
+    amp: bool = False  # bf16 autocast
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = False
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bit-identical resume on CPU)
+    threads: int | None = None  # torch threads per process (default: torch's)
+    train_size: int = 10000  # built-in task: images per split
+    val_size: int = 2000
+    skip_bad_images: bool = False
+    force: bool = False  # reuse an --out that holds a run of another config
+    log_every: int = 10
+    progress: bool = True
+
+    def validate(self) -> TrainConfig:
+        for name in ("epochs", "batch_size", "checkpoint_every", "keep_checkpoints", "eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise SpecError(f"max_steps: must be >= 1, got {self.max_steps}")
+        if self.lr <= 0:
+            raise SpecError(f"lr: must be > 0, got {self.lr}")
+        if self.clip_norm is not None and self.clip_value is not None:
+            raise SpecError("clip_norm/clip_value: choose one way to clip gradients")
+        if self.workers < 0:
+            raise SpecError(f"workers: must be >= 0, got {self.workers}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_data(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return from_data(cls, data, "config")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()))
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Fields (that change the numbers) where two configs differ."""
+        return [
+            f.name
+            for f in fields(self)
+            if f.name not in NON_SEMANTIC and getattr(self, f.name) != getattr(other, f.name)
+        ]
