@@ -99,7 +99,7 @@ def test_eval_rejects_folders_that_are_not_imagenet_layout(tmp_path, capsys):
         main(["eval", "--data", str(tmp_path / "three"), *args])
 
 
-def test_demo_runs_on_scikit_image_photos(capsys):
-    assert main(["demo", "--image-size", "32", "--width", "0.0625", "--areas", "V4", "--times", "8"]) == 0
+def test_extract_defaults_to_scikit_image_photos(capsys):
+    assert main(["extract", "--image-size", "32", "--width", "0.0625", "--areas", "V4", "--times", "8"]) == 0
     text = capsys.readouterr().out
     assert "astronaut" in text and "<- stimulus arrives" in text

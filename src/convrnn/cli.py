@@ -156,13 +156,42 @@ def _or_none(base: type):
     return parse
 
 
+# The main job: a quarter-width rgc_shallow on the built-in cluttered-digits task, 32 px.
+DEMO = dict(
+    model="rgc_shallow",
+    data="clutter",
+    out="runs/demo",
+    epochs=3,
+    width=0.25,
+    batch_size=64,
+    optimizer="adamw",
+    lr=3e-3,
+    weight_decay=1e-4,
+    warmup_steps=50,
+    workers=0,
+)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from convrnn.train.config import TrainConfig
+
+    cfg = TrainConfig(**(DEMO | {"out": args.out, "epochs": args.epochs}))
+    print(f"training {cfg.model} (width {cfg.width}) on the built-in cluttered digits for {cfg.epochs} epochs")
+    return _train_and_report(cfg)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from convrnn.train.config import TrainConfig
-    from convrnn.train.trainer import train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    return _train_and_report(cfg)
+
+
+def _train_and_report(cfg) -> int:
+    from convrnn.train.trainer import train
+
     result = train(cfg)
     if result:
         _print_accuracy(result["top1_per_step"], result["top5_per_step"], 10.0)
@@ -280,22 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, help="write YAML (.yaml) or JSON (.json) here")
     s.set_defaults(fn=cmd_spec, spec=None, weights=None)
 
-    for name, help_ in (
-        ("extract", "features per area and time step for image files"),
-        ("demo", "extract features from scikit-image's sample photographs (the main job)"),
-    ):
-        s = sub.add_parser(name, help=help_)
-        if name == "extract":
-            s.add_argument("images", nargs="*", type=Path, help="image files (default: scikit-image's sample photos)")
-        _model_args(s)
-        s.add_argument("--presentation", default="neural", choices=("default", "neural", "constant"))
-        s.add_argument("--times", type=int, default=None, help="steps (default: the presentation's)")
-        s.add_argument("--areas", nargs="+", help="layers or areas (default: V4 pIT cIT-aIT IT)")
-        s.add_argument("--out", type=Path, help="save the features (.npz)")
-        s.add_argument("--seed", type=int, default=0, help="seed for the random initial weights")
-        s.set_defaults(fn=cmd_extract, images=[])
-        if name == "demo":
-            s.set_defaults(image_size=None, width=0.5)
+    s = sub.add_parser("extract", help="features per area and time step for image files (default: sample photos)")
+    s.add_argument("images", nargs="*", type=Path, help="image files (default: scikit-image's sample photos)")
+    _model_args(s)
+    s.add_argument("--presentation", default="neural", choices=("default", "neural", "constant"))
+    s.add_argument("--times", type=int, default=None, help="steps (default: the presentation's)")
+    s.add_argument("--areas", nargs="+", help="layers or areas (default: V4 pIT cIT-aIT IT)")
+    s.add_argument("--out", type=Path, help="save the features (.npz)")
+    s.add_argument("--seed", type=int, default=0, help="seed for the random initial weights")
+    s.set_defaults(fn=cmd_extract)
+
+    s = sub.add_parser("demo", help="the main job: train a small RGC on the built-in task, accuracy per step")
+    s.add_argument("--out", default=DEMO["out"], help=f"run folder (default {DEMO['out']}; re-running resumes)")
+    s.add_argument("--epochs", type=int, default=DEMO["epochs"])
+    s.set_defaults(fn=cmd_demo)
+
     s = sub.add_parser("convert", help="convert a reference TensorFlow checkpoint to .safetensors")
     s.add_argument("checkpoint", help="checkpoint prefix, e.g. ckpts/rgc_intermediate/model.ckpt")
     _model_args(s)

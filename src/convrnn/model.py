@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from convrnn.data.presentation import make_stimulus
 from convrnn.graph import Layer, plan_model
+from convrnn.ops import SameConv2d
 from convrnn.readout import Decoder
 from convrnn.spec import ModelSpec, PresentationSpec
 from convrnn.unroll import MODES, first_stimulus_steps, unroll
@@ -50,6 +51,13 @@ class ConvRNN(nn.Module):
         )
         r = spec.readout
         self.decoder = Decoder(r.decoder, r.window, r.threshold, r.beta, r.trainable)
+        # The reference initialises its readout with N(0, 0.01^2) weights: small logits at the start,
+        # whatever the activity below grows to over the unrolled steps.
+        for m in self.layers[r.layer].pre.modules():
+            if isinstance(m, (nn.Linear, SameConv2d)):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
         self.unroll_mode = unroll
         self.fast = fast
         self.pretrained_cfg: dict[str, Any] | None = None

@@ -224,3 +224,15 @@ def test_eval_run_prints_accuracy_per_step(reference_run, capsys):
 def test_loss_on_a_window_or_every_step(data, tmp_path, loss):
     result = train(_cfg(data, tmp_path / loss, loss=loss, max_steps=2))
     assert result["step"] == 2
+
+
+def test_bf16_channels_last_and_a_spec_file_as_model(data, tmp_path):
+    import convrnn
+
+    spec = convrnn.model_spec("rgc_intermediate", num_classes=2, image_size=32, width=0.0625)
+    spec.save(tmp_path / "m.yaml")
+    cfg = _cfg(data, tmp_path / "r", model=str(tmp_path / "m.yaml"), width=None, amp=True, channels_last=True)
+    result = train(cfg)
+    assert result["step"] == 4 and np.isfinite(result["decoded_top1"])
+    with pytest.raises(ValueError, match=r"the spec is for 32px .* the data need 48px"):
+        train(_cfg(data, tmp_path / "r2", model=str(tmp_path / "m.yaml"), width=None, image_size=48))
