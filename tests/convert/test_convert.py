@@ -10,25 +10,14 @@ from safetensors import safe_open
 import convrnn
 from convrnn.cli import main
 from convrnn.convert import NameMapError, convert_checkpoint
-
-MODELS = (
-    "rgc_shallow",
-    "lstm_shallow",
-    "timedecay_shallow",
-    "ugrnn_shallow",
-    "gru_shallow",
-    "simplernn_shallow",
-    "intersectionrnn_shallow",
-    "rgc_intermediate",
-    "ugrnn_intermediate",
-)
+from tests.conftest import REFERENCE_MODELS
 
 
 def _meta(reference_dir, name):
     return json.loads((reference_dir / name / "meta.json").read_text())
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
 def test_converted_checkpoint_reproduces_reference_logits(reference_dir, tmp_path, name):
     meta = _meta(reference_dir, name)
     kw = {"num_classes": meta["num_classes"], "image_size": meta["image_size"], "width": 1 / 8}
