@@ -220,7 +220,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if run.writer and cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr, disable=None)
     model.train()
     skipped = 0
     acc: StepAccuracy | None = None
