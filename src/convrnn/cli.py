@@ -346,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     s.add_argument("--json", type=Path, help="also write the numbers as JSON")
     s.set_defaults(fn=cmd_eval)
+
+    from convrnn.neural.cli import add_commands as add_neural_commands
+
+    add_neural_commands(sub, _model_args, _build)
     return p
 
 

@@ -1,21 +1,38 @@
-"""Neural fits: cross-validated mappings from model features to neural recordings, per time bin."""
+"""Neural comparison: model features over time, recordings, per-10-ms-bin fits and scores."""
 
+from convrnn.neural.assembly import image_paths, load_assembly, model_features, save_assembly
 from convrnn.neural.fit import (
     MAPPINGS,
     FitResult,
+    aggregate,
     cv_splits,
     fit_per_bin,
     fit_per_bin_sklearn,
     pearson_r,
     split_half_ceiling,
 )
+from convrnn.neural.recordings import Recordings, RecordingsError, load_recordings
+from convrnn.neural.score import ALIGNMENTS, Predictivity, bin_weights, feedforward_features, predictivity
 
 __all__ = [
+    "ALIGNMENTS",
     "MAPPINGS",
     "FitResult",
+    "Predictivity",
+    "Recordings",
+    "RecordingsError",
+    "aggregate",
+    "bin_weights",
     "cv_splits",
+    "feedforward_features",
     "fit_per_bin",
     "fit_per_bin_sklearn",
+    "image_paths",
+    "load_assembly",
+    "load_recordings",
+    "model_features",
     "pearson_r",
+    "predictivity",
+    "save_assembly",
     "split_half_ceiling",
 ]

@@ -76,6 +76,7 @@ from sklearn.exceptions import ConvergenceWarning
 __all__ = [
     "MAPPINGS",
     "FitResult",
+    "aggregate",
     "cv_splits",
     "fit_per_bin",
     "fit_per_bin_sklearn",
@@ -146,7 +147,7 @@ def pearson_r(a: np.ndarray, b: np.ndarray, axis: int = -2) -> np.ndarray:
     return np.where(const, np.nan, r)
 
 
-def _aggregate(r: np.ndarray) -> np.ndarray:
+def aggregate(r: np.ndarray) -> np.ndarray:
     """(bins, splits, sites) -> (bins,): per split the median over sites, then the mean over splits."""
     with warnings.catch_warnings():
         # An all-NaN split (every site constant) is NaN, not an error.
@@ -285,7 +286,7 @@ def _finish(
     n_ceiling_splits: int,
     seed: int,
 ) -> FitResult:
-    score = _aggregate(r)
+    score = aggregate(r)
     ceiling = ceiled = None
     if Y_reps is not None:
         ceiling = split_half_ceiling(Y_reps, n_splits=n_ceiling_splits, seed=seed)
