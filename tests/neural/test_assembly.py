@@ -27,7 +27,8 @@ def test_layout_and_values_match_features(model):
     with torch.no_grad():
         ref = model.features(x, areas=["IT"], times=[12], presentation="neural")["IT"][12]
     it = a.isel(neuroid=np.flatnonzero(a.region.values == "IT"), time_bin=12).values
-    np.testing.assert_allclose(it, ref.numpy(), rtol=1e-5, atol=1e-6)
+    # Batches of 2 vs 5 images: float32 round-off differs between the two runs.
+    np.testing.assert_allclose(it, ref.numpy(), rtol=1e-4, atol=1e-4)
     # Layer coordinate: each layer's units are contiguous and sized by the layer's output.
     for layer in model.area_layers("IT"):
         assert (a.layer.values == layer).sum() == np.prod(model.plans[layer].output_shape)

@@ -10,8 +10,15 @@ import numpy as np
 
 from convrnn.model import ConvRNN
 from convrnn.neural.assembly import image_paths, load_assembly, model_features, save_assembly
-from convrnn.neural.recordings import load_recordings
-from convrnn.neural.score import ALIGNMENTS, Predictivity, feedforward_features, predictivity, save_predictivity
+from convrnn.neural.recordings import Recordings, load_recordings
+from convrnn.neural.score import (
+    ALIGNMENTS,
+    Predictivity,
+    aligned_features,
+    feedforward_features,
+    predictivity,
+    save_predictivity,
+)
 
 __all__ = ["add_commands"]
 
@@ -87,6 +94,123 @@ def _print_table(results: list[Predictivity]) -> None:
     print(f"{what}; mean over bins: {means}")
 
 
+def _targets(args: argparse.Namespace, rec: Recordings) -> np.ndarray:
+    """The d' each image must reach: a scalar, or per image from a CSV/NetCDF of behavioural d'."""
+    if args.behavior is None:
+        if args.target_dprime is None:
+            raise ValueError("target: give --target-dprime X or --behavior FILE (per-image behavioural d')")
+        return np.full(len(rec.stimulus_ids), args.target_dprime)
+    path = Path(args.behavior)
+    if path.suffix == ".csv":
+        import csv
+
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or "stimulus_id" not in rows[0] or "dprime" not in rows[0]:
+            raise ValueError(f"{str(path)!r}: a CSV with columns 'stimulus_id' and 'dprime' is needed")
+        table = {r["stimulus_id"]: float(r["dprime"]) for r in rows}
+    else:
+        da = load_assembly(path)
+        if "stimulus_id" not in da.coords or da.ndim != 1:
+            raise ValueError(f"{str(path)!r}: a 1-D array with a 'stimulus_id' coordinate is needed")
+        table = dict(zip(da.coords["stimulus_id"].values.astype(str), da.values.astype(float)))
+    missing = [str(s) for s in rec.stimulus_ids if str(s) not in table]
+    if missing:
+        raise ValueError(f"{str(path)!r}: no behavioural d' for {len(missing)} recorded stimuli, e.g. {missing[0]!r}")
+    return np.array([table[str(s)] for s in rec.stimulus_ids])
+
+
+def _solution_times(groups: list[tuple[np.ndarray, np.ndarray]], rec: Recordings, target: np.ndarray, args):
+    from convrnn.neural.ost import SolutionTimes, image_dprimes, solution_times
+
+    n_bins = len(rec.bin_start)
+    D = np.full((n_bins, len(rec.stimulus_ids)), np.nan)
+    for bins, X in groups:  # a graded control has one group of bins per layer
+        D[bins] = image_dprimes(np.ascontiguousarray(X), rec.objects, n_splits=args.splits, seed=args.seed, C=args.C)
+    ost = solution_times(D, target, rec.bin_start, rec.bin_end)
+    return SolutionTimes(ost, D, target, rec.bin_start, rec.bin_end)
+
+
+def cmd_ost(args: argparse.Namespace, build: Callable[[argparse.Namespace], ConvRNN]) -> int:
+    import json
+
+    import torch
+
+    from convrnn.neural.ost import ost_consistency
+
+    torch.manual_seed(args.seed)
+    model = build(args).eval()
+    rec = load_recordings(args.neural, region=args.region)
+    target = _targets(args, rec)
+    areas = args.areas or [args.region]
+    image_paths(args.stimuli)
+    feats = _features(model, args, areas)
+    neural = _solution_times([(np.arange(len(rec.bin_start)), rec.Y)], rec, target, args)
+    systems = {model.spec.name: aligned_features(feats, rec, offset_ms=args.offset_ms)}
+    if not args.no_control:
+        ctrl_areas = args.control_areas or [a for a in ("V4", "pIT", "cIT-aIT") if a in model.spec.areas] or areas
+        ff = feedforward_features(model, args.stimuli, areas=ctrl_areas, batch_size=args.batch_size)
+        systems[f"{model.spec.name} feedforward sweep [graded]"] = aligned_features(ff, rec, alignment="graded")
+    results = {}
+    print(f"{'system':44s} {'solved':>7s} {'both':>5s} {'spearman r':>10s} {'p':>8s}")
+    print(f"{f'recordings ({args.region})':44s} {int(np.isfinite(neural.ost_ms).sum()):7d}")
+    for name, groups in systems.items():
+        st = _solution_times(groups, rec, target, args)
+        c = ost_consistency(st.ost_ms, neural.ost_ms)
+        results[name] = (st, c)
+        print(f"{name:44s} {int(np.isfinite(st.ost_ms).sum()):7d} {c.n_images:5d} {c.r:10.3f} {c.p:8.2g}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def clean(a: np.ndarray) -> list[float | None]:
+        return [None if not np.isfinite(v) else round(float(v), 3) for v in a]
+
+    payload = {
+        "region": args.region,
+        "stimulus_id": [str(s) for s in rec.stimulus_ids],
+        "target_dprime": clean(target),
+        "neural_ost_ms": clean(neural.ost_ms),
+        "systems": {
+            name: {"ost_ms": clean(st.ost_ms), "spearman_r": c.r, "n_images": c.n_images, "p": c.p}
+            for name, (st, c) in results.items()
+        },
+    }
+    tmp = out / ".ost.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1, allow_nan=True))
+    tmp.replace(out / "ost.json")
+    _plot_ost(out, neural, results, title=f"{model.spec.name} vs {rec.source} ({args.region})")
+    print(f"wrote {out / 'ost.json'} and {out / 'ost.png'}")
+    return 0
+
+
+def _plot_ost(out: Path, neural, results: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    t = neural.bin_starts_ms
+    axes[0].plot(t, np.nanmean(neural.dprimes, axis=1), color="k", label="recordings")
+    for name, (st, c) in results.items():
+        axes[0].plot(t, np.nanmean(st.dprimes, axis=1), label=name)
+        both = np.isfinite(st.ost_ms) & np.isfinite(neural.ost_ms)
+        axes[1].scatter(neural.ost_ms[both], st.ost_ms[both], s=8, label=f"{name}: r={c.r:.2f} (n={c.n_images})")
+    axes[0].axhline(np.nanmean(neural.target_dprime), color="0.6", ls="--", lw=0.8, label="mean target d'")
+    axes[0].set_xlabel("time bin start (ms)")
+    axes[0].set_ylabel("mean per-image d'")
+    axes[1].set_xlabel("recorded OST (ms)")
+    axes[1].set_ylabel("model OST (ms)")
+    for ax in axes:
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = out / ".ost.tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out / "ost.png")
+
+
 def add_commands(sub: argparse._SubParsersAction, model_args: Callable, build: Callable) -> None:
     """Register ``fit`` (and ``ost``) on the main parser's subcommands."""
     s = sub.add_parser("fit", help="per-10-ms-bin predictivity of a model (and a feedforward control) for recordings")
@@ -99,3 +223,14 @@ def add_commands(sub: argparse._SubParsersAction, model_args: Callable, build: C
     s.add_argument("--control-areas", nargs="+", help="layers/areas of the graded control (default V4 pIT cIT-aIT)")
     s.add_argument("--no-control", action="store_true", help="skip the feedforward controls")
     s.set_defaults(fn=lambda a: cmd_fit(a, build), alignments=ALIGNMENTS)
+
+    s = sub.add_parser("ost", help="object solution times (Kar et al. 2019) of a model vs recordings, per image")
+    model_args(s)
+    _neural_args(s)
+    s.add_argument("--target-dprime", type=float, help="d' every image must reach (or per image: --behavior)")
+    s.add_argument("--behavior", type=Path, help="per-image behavioural d': CSV (stimulus_id,dprime) or NetCDF")
+    s.add_argument("--splits", type=int, default=10, help="cross-validation folds of the per-bin SVMs")
+    s.add_argument("--C", type=float, default=0.01, help="linear SVM regularisation (default 0.01)")
+    s.add_argument("--control-areas", nargs="+", help="layers/areas of the graded control (default V4 pIT cIT-aIT)")
+    s.add_argument("--no-control", action="store_true", help="skip the feedforward control")
+    s.set_defaults(fn=lambda a: cmd_ost(a, build), out=Path("neural_ost"))

@@ -34,6 +34,7 @@ from convrnn.neural.recordings import Recordings
 __all__ = [
     "ALIGNMENTS",
     "Predictivity",
+    "aligned_features",
     "bin_weights",
     "feedforward_features",
     "predictivity",
@@ -132,6 +133,22 @@ def _aligned(
                 groups.append((bins, np.broadcast_to(x, (len(bins), *x.shape))))
         return groups
     raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+
+
+def aligned_features(
+    features: xr.DataArray,
+    recordings: Recordings,
+    *,
+    alignment: Literal["steps", "uniform", "graded"] = "steps",
+    offset_ms: float = 0.0,
+    layers: Sequence[str] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The features each recording bin is compared with, in the recordings' stimulus order.
+
+    Returns groups of ``(bin indices, X (bins_in_group, stimuli, features))``: one group for ``steps`` and
+    ``uniform``, one per layer for ``graded`` (layers differ in size).
+    """
+    return _aligned(features, recordings, alignment, offset_ms, layers)
 
 
 def predictivity(
