@@ -11,6 +11,7 @@ alone, not of a random state that a crash would lose. So:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,41 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import functional as TF
 
 from convrnn.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageError, ImageFolder, eval_transform, load_image
+
+# The built-in tasks by ``--data`` name: the cluttered-image generator's object source for each.
+BUILTIN_TASKS = {"clutter": "digits", "clutter-fashion": "fashion"}
+
+
+def builtin_task(data: str) -> dict | None:
+    """The generator knobs of a built-in task, or None if ``data`` names none (it is then a folder).
+
+    ``data`` is a task name, optionally followed by ``:`` and a YAML mapping of generator knobs, e.g.
+    ``clutter-fashion:{debris: 10, occlusion: 0.5}``: the whole task is one string, so a run's
+    ``config.yaml`` records it and a resumed run with other knobs is refused like any other change.
+    """
+    name, sep, rest = data.partition(":")
+    if name not in BUILTIN_TASKS:
+        return None
+    import yaml
+
+    from convrnn.data.clutter import ClutterConfig
+
+    try:
+        knobs = yaml.safe_load(rest) if sep else {}
+    except yaml.YAMLError:
+        knobs = None
+    if not isinstance(knobs, dict):
+        raise ValueError(f"--data {data!r}: after ':' comes a YAML mapping of knobs, e.g. {name}:{{debris: 10}}")
+    allowed = [f.name for f in dataclasses.fields(ClutterConfig) if f.name not in ("image_size", "objects")]
+    unknown = sorted(set(knobs) - set(allowed))
+    if unknown:
+        raise ValueError(f"--data {data!r}: unknown knob(s) {', '.join(unknown)}; knobs: {', '.join(allowed)}")
+    return {**knobs, "objects": BUILTIN_TASKS[name]}
+
+
+def default_image_size(data: str) -> int:
+    """32 px for the built-in tasks, 224 (the reference's) for image folders."""
+    return 32 if data.partition(":")[0] in BUILTIN_TASKS else 224
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -145,17 +181,19 @@ class Keyed(Dataset):
 def build_datasets(
     data: str, image_size: int, seed: int, train_size: int, val_size: int, skip_bad: bool
 ) -> tuple[Dataset, Dataset, list[str]]:
-    """(train, val, class names) for ``clutter`` or an ImageNet-layout folder with train/ and val/."""
-    if data == "clutter":
+    """(train, val, class names) for a built-in task (``clutter``: digits, ``clutter-fashion``: Fashion-MNIST
+    garments; knobs as :func:`builtin_task` reads them) or an ImageNet-layout folder with train/ and val/."""
+    knobs = builtin_task(data)
+    if knobs is not None:
         from convrnn.data.clutter import ClutterConfig, ClutterDataset
 
-        cfg = ClutterConfig(image_size=image_size)
+        cfg = ClutterConfig(image_size=image_size, **knobs)
         train = ClutterDataset("train", train_size, seed=seed, config=cfg)
         val = ClutterDataset("val", val_size, seed=seed, config=cfg)
         return Keyed(train), Keyed(val), list(train.classes)
     root = Path(data)
     if not root.is_dir():
-        raise ImageError(f"--data: {data!r} is neither 'clutter' nor a folder")
+        raise ImageError(f"--data: {data!r} is neither a built-in task ({', '.join(BUILTIN_TASKS)}) nor a folder")
     missing = [s for s in ("train", "val") if not (root / s).is_dir()]
     if missing:
         raise ImageError(f"--data: {data!r} is not ImageNet layout: no {' or '.join(missing)}/ folder of class folders")
