@@ -256,7 +256,7 @@ def _eval_run(args: argparse.Namespace) -> int:
     from convrnn.train import evaluate
     from convrnn.train.checkpoint import load_latest
     from convrnn.train.config import TrainConfig
-    from convrnn.train.data import build_datasets, collate
+    from convrnn.train.data import build_datasets, collate, default_image_size
     from convrnn.train.plots import plot_accuracy
     from convrnn.train.trainer import build_model
 
@@ -264,7 +264,7 @@ def _eval_run(args: argparse.Namespace) -> int:
     if not (run / "config.yaml").exists():
         raise SystemExit(f"convrnn: --run {str(run)!r} holds no config.yaml: not a training run folder")
     cfg = TrainConfig.load(run / "config.yaml")
-    image_size = cfg.image_size or (32 if cfg.data == "clutter" else 224)
+    image_size = cfg.image_size or default_image_size(cfg.data)
     _, val, classes = build_datasets(cfg.data, image_size, cfg.seed, cfg.train_size, cfg.val_size, False)
     model = build_model(cfg.model, len(classes), image_size, cfg.width)
     if (run / "final" / "model.safetensors").exists():
@@ -347,9 +347,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", type=Path, help="also write the numbers as JSON")
     s.set_defaults(fn=cmd_eval)
 
+    from convrnn.search.cli import add_parser as add_search_parser
+
+    add_search_parser(sub)
+
     from convrnn.neural.cli import add_commands as add_neural_commands
 
     add_neural_commands(sub, _model_args, _build)
+
+    from convrnn.brainscore.plugin import add_command as add_brainscore_command
+
+    add_brainscore_command(sub)
+
+    from convrnn.experiment.cells import add_subcommand as add_experiment_cells
+
+    s = sub.add_parser("experiment", help="reproduce the papers' comparisons at laptop scale (docs/results.md)")
+    add_experiment_cells(s.add_subparsers(dest="experiment", required=True))
     return p
 
 

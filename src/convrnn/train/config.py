@@ -28,7 +28,7 @@ class TrainConfig:
     """Every setting of a training run; ``convrnn train`` flags map one-to-one onto these fields."""
 
     model: str = "rgc_shallow"  # a zoo name or a spec YAML/JSON file
-    data: str = "clutter"  # "clutter" (the built-in task) or an ImageNet-layout folder
+    data: str = "clutter"  # a built-in task ("clutter": digits, "clutter-fashion": garments) or an ImageNet folder
     out: str = "runs/run"
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
@@ -53,6 +53,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # optimizer steps; also at each epoch end
     keep_checkpoints: int = 2
     eval_every: int = 1  # epochs
+    eval_every_steps: int | None = None  # also evaluate every N optimizer steps (e.g. for pruning a search trial)
     workers: int = 2
     amp: bool = False  # bf16 autocast
     compile: bool = False  # torch.compile the model
@@ -70,8 +71,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "checkpoint_every", "keep_checkpoints", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise SpecError(f"max_steps: must be >= 1, got {self.max_steps}")
+        for name in ("max_steps", "eval_every_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise SpecError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise SpecError(f"lr: must be > 0, got {self.lr}")
         if self.clip_norm is not None and self.clip_value is not None:

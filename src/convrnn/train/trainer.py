@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,20 @@ from convrnn.model import ConvRNN
 from convrnn.spec import ModelSpec
 from convrnn.train.checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
 from convrnn.train.config import TrainConfig
-from convrnn.train.data import ResumableBatchSampler, build_datasets, collate
+from convrnn.train.data import ResumableBatchSampler, build_datasets, collate, default_image_size
 from convrnn.train.evaluate import StepAccuracy, evaluate
 
 
 class TrainingError(RuntimeError):
     """Training stopped; the message says why and which checkpoint is the last good one."""
+
+
+class DivergedError(TrainingError):
+    """The loss became NaN or infinite at optimizer step ``step`` (a property of the run, not a bad input)."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 def build_model(model: str, num_classes: int, image_size: int, width: float | None) -> ConvRNN:
@@ -137,8 +146,15 @@ def _setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train per ``cfg``; returns the final evaluation (rank 0) as a dict."""
+def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None = None) -> dict[str, Any]:
+    """Train per ``cfg``; returns the final evaluation (rank 0) as a dict.
+
+    ``on_eval(step, accuracy)`` is called after every evaluation (each ``eval_every`` epochs, each
+    ``eval_every_steps`` optimizer steps, and the final one) with the optimizer steps run so far. It may
+    raise to stop training there (an architecture search prunes a trial this way); the exception
+    propagates out of ``train`` and the checkpoints written so far stay valid. Only rank 0 evaluates,
+    so stopping early is for single-process runs.
+    """
     cfg.validate()
     rank, world, device = _setup_distributed(cfg)
     if cfg.threads:
@@ -148,7 +164,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     run = _Run(cfg, rank)
     if world > 1:
         dist.barrier()
-    image_size = cfg.image_size or (32 if cfg.data == "clutter" else 224)
+    image_size = cfg.image_size or default_image_size(cfg.data)
     train_set, val_set, classes = build_datasets(
         cfg.data, image_size, cfg.seed, cfg.train_size, cfg.val_size, cfg.skip_bad_images
     )
@@ -241,8 +257,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if finite.item() < 1:
                 where = f"step {last_good} in {str(run.dir / 'checkpoints')!r}" if last_good is not None else "none yet"
-                raise TrainingError(
-                    f"loss became {loss.item()} at step {step + 1}; stopped; last good checkpoint: {where}"
+                raise DivergedError(
+                    f"loss became {loss.item()} at step {step + 1}; stopped; last good checkpoint: {where}", step + 1
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -275,8 +291,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 epoch, batch = epoch + 1, 0
             if step % cfg.checkpoint_every == 0 or end_of_epoch or step == total:
                 checkpoint()
-            if end_of_epoch and epoch % cfg.eval_every == 0 and step < total and run.writer:
+            due = (end_of_epoch and epoch % cfg.eval_every == 0) or (
+                cfg.eval_every_steps is not None and step % cfg.eval_every_steps == 0
+            )
+            if due and step < total and run.writer:
                 acc = validate()
+                if on_eval is not None:
+                    on_eval(step, acc)
             if step >= total or end_of_epoch:
                 break
     if bar is not None:
@@ -284,6 +305,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if run.writer:
         acc = validate()
+        if on_eval is not None:
+            on_eval(step, acc)
         final = run.dir / "final"
         final.mkdir(exist_ok=True)
         from safetensors.torch import save_file
