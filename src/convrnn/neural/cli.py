@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convrnn.files import save_figure, write_text
 from convrnn.model import ConvRNN
 from convrnn.neural.assembly import image_paths, load_assembly, model_features, save_assembly
 from convrnn.neural.recordings import Recordings, load_recordings
@@ -175,9 +176,7 @@ def cmd_ost(args: argparse.Namespace, build: Callable[[argparse.Namespace], Conv
             for name, (st, c) in results.items()
         },
     }
-    tmp = out / ".ost.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=True))
-    tmp.replace(out / "ost.json")
+    write_text(out / "ost.json", json.dumps(payload, indent=1, allow_nan=True))
     _plot_ost(out, neural, results, title=f"{model.spec.name} vs {rec.source} ({args.region})")
     print(f"wrote {out / 'ost.json'} and {out / 'ost.png'}")
     return 0
@@ -204,11 +203,7 @@ def _plot_ost(out: Path, neural, results: dict, title: str) -> None:
     for ax in axes:
         ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    tmp = out / ".ost.tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out / "ost.png")
+    save_figure(fig, out / "ost.png")
 
 
 def add_commands(sub: argparse._SubParsersAction, model_args: Callable, build: Callable) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
+from convrnn.files import save_figure, write_text
 from convrnn.model import ConvRNN
 from convrnn.neural.assembly import model_features
 from convrnn.neural.fit import aggregate, fit_per_bin, split_half_ceiling
@@ -267,10 +268,9 @@ def save_predictivity(results: Sequence[Predictivity], out: str | Path, title: s
     """Write ``predictivity.json`` and ``predictivity.png`` (score vs bin) into ``out``, atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    js = out / "predictivity.json"
-    tmp = out / ".predictivity.json.tmp"
-    tmp.write_text(json.dumps({"title": title, "results": [r.to_dict() for r in results]}, indent=1))
-    tmp.replace(js)
+    js = write_text(
+        out / "predictivity.json", json.dumps({"title": title, "results": [r.to_dict() for r in results]}, indent=1)
+    )
 
     import matplotlib
 
@@ -287,10 +287,4 @@ def save_predictivity(results: Sequence[Predictivity], out: str | Path, title: s
     ax.set_title(title, fontsize=9)
     ax.axhline(0, color="0.7", lw=0.8)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    png = out / "predictivity.png"
-    tmp_png = out / ".predictivity.tmp.png"
-    fig.savefig(tmp_png, dpi=120)
-    plt.close(fig)
-    tmp_png.replace(png)
-    return js, png
+    return js, save_figure(fig, out / "predictivity.png")

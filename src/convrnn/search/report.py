@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convrnn.files import save_figure, write_text
 from convrnn.spec import ModelSpec
 
 
@@ -167,7 +168,7 @@ def write_report(study: Any, out: str | Path, importances: dict[str, float] | No
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna's matplotlib plots are "experimental"
             ax = make()
-        written.append(_save(ax.figure, out / name))
+        written.append(save_figure(ax.figure, out / name, dpi=110))
         plt.close(ax.figure)
     importances = param_importances(study) if importances is None else importances
     if importances:
@@ -201,9 +202,7 @@ def _plot_importances(imp: dict[str, float], path: Path, title: str, top: int = 
     ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
     ax.set(xlabel="importance for accuracy (fANOVA)", title=f"{title}: the {len(items)} most important parameters")
     ax.tick_params(axis="y", labelsize=7)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, dpi=110)
 
 
 def _plot_pareto(rows: list[TrialRow], path: Path, title: str) -> Path:
@@ -229,17 +228,7 @@ def _plot_pareto(rows: list[TrialRow], path: Path, title: str) -> Path:
         )
     ax.set(xscale="log", xlabel="trainable parameters", ylabel="top-1 accuracy (%)", title=f"{title}: accuracy vs size")
     ax.legend(fontsize=7)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _write_csv(rows: list[TrialRow], path: Path) -> Path:
@@ -297,7 +286,7 @@ def export_best(study: Any, k: int, out: str | Path) -> list[Path]:
             f"# measured top-1 accuracy: {row.accuracy:.4f} on the search's validation data after {row.steps} steps\n"
             f"# trainable parameters: {row.parameters}\n"
         )
-        _write_text(base.with_suffix(".yaml"), header + spec.to_yaml())
+        write_text(base.with_suffix(".yaml"), header + spec.to_yaml())
         meta = {
             "study": study.study_name,
             "trial": row.number,
@@ -310,15 +299,9 @@ def export_best(study: Any, k: int, out: str | Path) -> list[Path]:
             "spec": base.with_suffix(".yaml").name,
             "weights": weights.name if weights is not None else None,
         }
-        _write_text(base.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+        write_text(base.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
         written += [base.with_suffix(".yaml"), base.with_suffix(".json")] + ([weights] if weights else [])
     return written
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 __all__ = [

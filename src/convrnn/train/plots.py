@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from convrnn.files import save_figure
+
 
 def _records(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a killed process: the run resumes past it
+            continue
+    return records
 
 
 def plot_run(run: str | Path) -> list[Path]:
@@ -30,7 +38,7 @@ def plot_run(run: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         ax.plot([r["step"] for r in train], [r["loss"] for r in train])
         ax.set(xlabel="optimizer step", ylabel="training loss", title=run.name)
-        written.append(_save(fig, out_dir / "loss.png"))
+        written.append(save_figure(fig, out_dir / "loss.png"))
     evals = [r for r in recs if r.get("event") == "eval"]
     if evals:
         written.append(plot_accuracy(evals, out_dir / "accuracy_per_step.png", title=run.name))
@@ -53,15 +61,4 @@ def plot_accuracy(evals: list[dict], path: Path, title: str = "", step_ms: float
     ax.set(xlabel="time after stimulus onset (ms)", ylabel="top-1 accuracy (%)", title=title)
     if len(evals) <= 8 and any("step" in r for r in evals):
         ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
