@@ -1,81 +1,161 @@
-"""Train-step speed of the fast unroll schedule vs the naive one, and achieved vs peak FLOP/s.
+"""Train-step speed of the fast unroll vs the naive one, achieved vs peak FLOP/s, and each lever.
 
-Measured in one run on this machine (timings drift between runs; ratios within a run are what
-count). The naive schedule computes every layer for every sample at every step; the fast one shares
-batch-independent activity, skips (layer, step) pairs that cannot reach the loss, and reuses work
-whose inputs repeat (see ``convrnn.unroll``). Both give the same numbers (tested to 1e-5).
+Everything is measured in one run on this machine (timings drift between runs and other jobs share
+the cores; the ratios within a run are what count). The configurations are timed in interleaved
+rounds so that drift hits them alike; each time is the median over the rounds.
 
-Peak: the better of a large fp32 matmul and a plain convolution at the model's largest conv shape,
-both measured here, now. Achieved: FLOPs of one fast train step (counted by
-``torch.utils.flop_counter``) over its time.
+- **naive**: ``fast=False`` (every layer, every sample, every step), NCHW, float32 -- the plain
+  unroll of the same math.
+- **fast**: the fast schedule (batch-1 sharing of activity the stimulus has not reached, skipping
+  (layer, step) pairs that cannot reach the loss, reuse of work whose inputs repeat) in
+  channels-last memory, float32. Tested equal to the naive schedule (``tests/test_unroll.py``).
+- **levers**, each the fast configuration with one thing changed: NCHW instead of channels-last;
+  the RGC's two gate convolutions per state fused into one (``fuse_convs``); bf16 autocast;
+  ``--compile`` adds ``model.compile_steps()`` (its compile time is printed apart and left out of
+  the step time).
+- **cost per step** of the fast train step for T in {8, 16, 26}.
 
-Last line: ``speedup_vs_naive=X peak_fraction=Y``.
+Peak: the best of a 2048^2 float32 matmul and the model's own convolutions (forward; every shape
+that carries at least 5% of the step's convolution FLOPs), all timed here and now. Achieved: FLOPs
+of one fast train step (``torch.utils.flop_counter``, the useful work: the naive schedule's extra
+work is not counted) over its median time. bf16 is compared with the bf16 peak measured the same way.
+
+Times are wall clock; with ``--threads 1 --clock thread`` they are the CPU time of the one thread,
+which other processes preempting it do not inflate (useful on a shared machine).
+
+Last line: ``speedup_vs_naive=X peak_fraction=Y`` (fast float32 vs naive float32).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import convrnn
-from convrnn.ops import SameConv2d
+from convrnn.cells import RGCCell
+
+
+def build(
+    args: argparse.Namespace, *, fast: bool = True, channels_last: bool = True, fuse: bool = False
+) -> convrnn.ConvRNN:
+    torch.manual_seed(0)
+    model = convrnn.create_model(args.model, num_classes=10, image_size=args.image_size, width=args.width, fast=fast)
+    for m in model.modules():
+        if isinstance(m, RGCCell):
+            m.fuse_convs = fuse
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def train_step(
-    model: convrnn.ConvRNN, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, times: int
-) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x, times=times).logits[-1], y)
-    loss.backward()
-    opt.step()
+    model: convrnn.ConvRNN, x: torch.Tensor, y: torch.Tensor, times: int, bf16: bool = False
+) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):  # conv1's weight
+        x = x.contiguous(memory_format=torch.channels_last)  # the input in the model's layout
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x, times=times).logits[-1]
+        F.cross_entropy(logits.float(), y).backward()
+        opt.step()
+
+    return step
 
 
-def timed(fn, repeats: int) -> list[float]:
+# The clock every time here is read from: wall time, or with ``--clock thread`` (one thread only)
+# the CPU time of the thread, which other processes preempting it do not inflate.
+CLOCK: Callable[[], float] = time.perf_counter
+
+
+def interleaved(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each step, timed in interleaved rounds after one warm-up each."""
+    for s in steps.values():
+        s()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(rounds):
+        for k, s in steps.items():
+            t0 = CLOCK()
+            s()
+            times[k].append(CLOCK() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()
     out = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        out.append(time.perf_counter() - t0)
-    return out
+        out.append(CLOCK() - t0)
+    return min(out)
 
 
-def largest_conv(model: convrnn.ConvRNN, x: torch.Tensor, times: int) -> tuple[torch.nn.Module, torch.Tensor, float]:
-    """The conv call with the most FLOPs in one forward pass: (module, its input, flops)."""
-    best: list = [None, None, 0.0]
+class ConvShapes(TorchDispatchMode):
+    """Records the FLOPs of every convolution call by its argument shapes and layout."""
 
-    def hook(mod: torch.nn.Module, args: tuple) -> None:
-        inp = args[0]
-        o, i, kh, kw = mod.weight.shape
-        oh, ow = (inp.shape[-2] + mod.stride - 1) // mod.stride, (inp.shape[-1] + mod.stride - 1) // mod.stride
-        flops = 2.0 * inp.shape[0] * o * i * kh * kw * oh * ow
-        if flops > best[2]:
-            best[:] = [mod, inp.detach().clone(), flops]
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops: dict[tuple, int] = {}
 
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, SameConv2d)]
-    with torch.no_grad():
-        model(x, times=times)
-    for h in handles:
-        h.remove()
-    return best[0], best[1], best[2]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.convolution.default:
+            x, w, _b, stride, padding, dilation, transposed, _out_padding, groups = args
+            cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            key = (tuple(x.shape), tuple(w.shape), tuple(stride), tuple(padding), tuple(dilation), groups, cl)
+            flops = conv_flop_count(list(x.shape), list(w.shape), list(out.shape), transposed)
+            self.flops[key] = self.flops.get(key, 0) + flops
+        return out
 
 
-def peak(model: convrnn.ConvRNN, x: torch.Tensor, times: int, repeats: int) -> tuple[float, str]:
+def peak(step: Callable[[], None], dtype: torch.dtype, repeats: int) -> tuple[float, str]:
+    """The best FLOP/s of a 2048^2 matmul and of the step's convolutions (forward, each shape that
+    carries at least 5% of the step's convolution FLOPs), in ``dtype``."""
     n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    mm = 2.0 * n**3 / min(timed(lambda: a @ b, repeats))
-    conv, inp, flops = largest_conv(model, x, times)
-    with torch.no_grad():
-        conv(inp)
-        cv = flops / min(timed(lambda: conv(inp), repeats * 3))
-    o, i, kh, kw = conv.weight.shape
-    desc = f"conv {i}->{o} {kh}x{kw}/{conv.stride} on {tuple(inp.shape)}"
-    return (mm, f"fp32 matmul {n}x{n}") if mm >= cv else (cv, desc)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    name = str(dtype).removeprefix("torch.")
+    best = (2.0 * n**3 / best_time(lambda: a @ b, repeats), f"{name} matmul {n}x{n}")
+    rec = ConvShapes()
+    with rec:
+        step()
+    total = sum(rec.flops.values())
+    for (xs, ws, stride, padding, dilation, groups, cl), flops in rec.flops.items():
+        if flops < 0.05 * total:
+            continue
+        x, w = torch.randn(xs, dtype=dtype), torch.randn(ws, dtype=dtype)
+        if cl:
+            x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+        one = 2.0 * xs[0] * ws[0] * ws[1] * ws[2] * ws[3]  # per output pixel; times the output size:
+        with torch.no_grad():
+            out = F.conv2d(x, w, None, stride, padding, dilation, groups)
+            rate = (
+                one
+                * out.shape[-2]
+                * out.shape[-1]
+                / best_time(
+                    lambda x=x, w=w, s=stride, p=padding, d=dilation, g=groups: F.conv2d(x, w, None, s, p, d, g),
+                    repeats * 3,
+                )
+            )
+        desc = f"{name} conv {ws[1] * groups}->{ws[0]} {ws[2]}x{ws[3]}/{stride[0]} on {xs}"
+        best = max(best, (rate, desc))
+    return best
+
+
+def flops_of(step: Callable[[], None]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 def main() -> None:
@@ -85,43 +165,81 @@ def main() -> None:
     ap.add_argument("--times", type=int, default=16)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="also time model.compile_steps() (minutes here)")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall", help="thread: CPU time, with --threads 1")
     args = ap.parse_args()
+    if args.clock == "thread":
+        if args.threads != 1:
+            ap.error("--clock thread measures one thread: use it with --threads 1")
+        global CLOCK
+        CLOCK = time.thread_time
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-
     x = torch.randn(args.batch, 3, args.image_size, args.image_size)
     y = torch.randint(0, 10, (args.batch,))
-    models, opts = {}, {}
-    for fast in (True, False):
-        torch.manual_seed(0)
-        m = convrnn.create_model(args.model, num_classes=10, image_size=args.image_size, width=args.width, fast=fast)
-        models[fast], opts[fast] = m, torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
-        train_step(m, x, y, opts[fast], args.times)  # warm-up
-    # Interleave the two schedules so drift hits both alike.
-    times: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(args.repeats):
-        for fast in (True, False):
-            times[fast] += timed(lambda f=fast: train_step(models[f], x, y, opts[f], args.times), 1)
-    fast_s, naive_s = statistics.median(times[True]), statistics.median(times[False])
+    T = args.times
+    load0 = os.getloadavg()[0]
 
-    with FlopCounterMode(display=False) as counter:
-        train_step(models[True], x, y, opts[True], args.times)
-    flops = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        train_step(models[False], x, y, opts[False], args.times)
-    naive_flops = counter.get_total_flops()
-    peak_flops, peak_src = peak(models[True], x, args.times, args.repeats)
+    steps = {
+        "naive": train_step(build(args, fast=False, channels_last=False), x, y, T),
+        "fast": train_step(build(args), x, y, T),
+        "fast, NCHW": train_step(build(args, channels_last=False), x, y, T),
+        "fast, fused gate convs": train_step(build(args, fuse=True), x, y, T),
+        "fast, bf16 autocast": train_step(build(args), x, y, T, bf16=True),
+    }
+    secs = interleaved(steps, args.rounds)
+    # The fused gate convolutions count 2.7% more FLOPs (a fused convolution's backward also runs
+    # for a half whose output is unused at a layer's last step); their time is compared with the
+    # fast step's useful FLOPs.
+    flops = {"naive": flops_of(steps["naive"]), "fast": flops_of(steps["fast"])}
+    peak32, src32 = peak(steps["fast"], torch.float32, args.rounds)
+    peak16, src16 = peak(steps["fast"], torch.bfloat16, args.rounds)
 
-    achieved = flops / fast_s
     print(
-        f"model={args.model} image={args.image_size} T={args.times} batch={args.batch} width={args.width} threads={args.threads}"
+        f"{args.model}, {args.image_size} px, T={T}, batch {args.batch}, width {args.width}, train step "
+        f"(loss on the last step, SGD); {args.threads} threads; torch {torch.__version__}; "
+        f"{platform.processor() or platform.machine()}; {args.clock} clock; median of {args.rounds} interleaved rounds; "
+        f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} (other processes on the cores slow every number)"
     )
-    print(f"train step  fast: {fast_s * 1e3:8.1f} ms  {flops / 1e9:7.2f} GFLOP")
-    print(f"train step naive: {naive_s * 1e3:8.1f} ms  {naive_flops / 1e9:7.2f} GFLOP")
-    print(f"achieved {achieved / 1e9:.1f} GFLOP/s; peak {peak_flops / 1e9:.1f} GFLOP/s ({peak_src})")
-    print(f"speedup_vs_naive={naive_s / fast_s:.2f} peak_fraction={achieved / peak_flops:.2f}")
+    print(f"peak float32: {peak32 / 1e9:.1f} GFLOP/s ({src32}); peak bf16: {peak16 / 1e9:.1f} GFLOP/s ({src16})")
+    print(f"{'configuration':28s} {'ms/step':>9s} {'GFLOP':>7s} {'vs fast':>8s}")
+    for k, s in secs.items():
+        gf = f"{flops.get(k, flops['fast']) / 1e9:7.2f}"
+        print(f"{k:28s} {s * 1e3:9.1f} {gf} {secs['fast'] / s:7.2f}x")
+    achieved = flops["fast"] / secs["fast"]
+    achieved16 = flops["fast"] / secs["fast, bf16 autocast"]
+    print(f"fast float32: {achieved / 1e9:.1f} GFLOP/s = {achieved / peak32:.2f} of the float32 peak")
+    print(
+        f"fast bf16 autocast: {secs['fast'] / secs['fast, bf16 autocast']:.2f}x the float32 step, "
+        f"{achieved16 / 1e9:.1f} GFLOP/s = {achieved16 / peak16:.2f} of the bf16 peak"
+    )
+
+    # Cost per step: the fast train step at several T, interleaved among themselves.
+    sweep = {t: train_step(build(args), x, y, t) for t in (8, 16, 26)}
+    per_t = interleaved({str(t): s for t, s in sweep.items()}, args.rounds)
+    row = "  ".join(f"T={t}: {per_t[str(t)] * 1e3 / t:5.1f} ms/step" for t in sweep)
+    grow = [(per_t[str(b)] - per_t[str(a)]) * 1e3 / (b - a) for a, b in ((8, 16), (16, 26))]
+    print(
+        f"cost per step (fast, float32): {row}; each added step from T=8 to 16: {grow[0]:.1f} ms, "
+        f"from 16 to 26: {grow[1]:.1f} ms"
+    )
+
+    if args.compile:
+        model = build(args)
+        names = model.compile_steps()
+        step = train_step(model, x, y, T)
+        t0 = time.perf_counter()  # compile time: wall clock (compilation runs in other processes)
+        step()
+        first = time.perf_counter() - t0
+        cmp = interleaved({"eager": steps["fast"], "compiled": step}, args.rounds)
+        print(
+            f"compile_steps ({', '.join(names)}): first step {first:.0f} s (compiling); then "
+            f"{cmp['compiled'] * 1e3:.1f} ms vs eager {cmp['eager'] * 1e3:.1f} ms = {cmp['eager'] / cmp['compiled']:.2f}x"
+        )
+
+    print(f"speedup_vs_naive={secs['naive'] / secs['fast']:.2f} peak_fraction={achieved / peak32:.2f}")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@ The :class:`Layer` module runs one step of one area:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from convrnn.cells import CellContext, State
 from convrnn.errors import SpecError
@@ -246,6 +248,10 @@ class Layer(nn.Module):
         shape = (self.cell.out_channels, *shape[1:])
         self.post, shape = _build_ops(layer.post, shape, res_shape)
         self.has_batchnorm = any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
+        # Activation checkpointing (see ConvRNN.set_grad_checkpointing): each step of the layer keeps
+        # only its inputs for the backward pass and runs again there.
+        self.grad_checkpointing = False
+        self._compiled_update: Any = None  # see compile_update
 
     def init_state(self, like: Tensor) -> State:
         return self.cell.init_state(like)
@@ -260,21 +266,51 @@ class Layer(nn.Module):
         tensors as at the previous step: e.g. the first layers while a still image is shown.
         """
         key = (ff, *extras)
-        if memo is not None and _same(memo.get("in"), key):
-            prepared, res = memo["prepared"], memo["res"]
-        else:
-            prepared, res = self._prepare(ff, extras)
-            if memo is not None:
-                memo.update({"in": key, "prepared": prepared, "res": res})
-        y, state = self.cell.update(prepared, state)
-        if memo is not None and _same(memo.get("post"), (y, res)):
-            return memo["out"], state
-        out = y
-        for op in self.post:
-            out = op(out, res)
+        # The reuse decisions are taken here, outside the step: a step recomputed for activation
+        # checkpointing then reads the same cached tensors it first read.
+        cached = (memo["prepared"], memo["res"]) if memo is not None and _same(memo.get("in"), key) else None
+        post = (memo["post"], memo["out"]) if memo is not None and "post" in memo else None
+        run = self._step
+        # BatchNorm in training mode would update its running statistics again when recomputed.
+        if self.grad_checkpointing and torch.is_grad_enabled() and not (self.training and self.has_batchnorm):
+            # One checkpoint per layer and step keeps only the step's inputs (the states of t-1 and
+            # the other layers' outputs, which are kept anyway); a step draws no random numbers.
+            run = partial(checkpoint, self._step, use_reentrant=False, preserve_rng_state=False)
+        prepared, res, y, state, out = run(ff, extras, state, cached, post)
         if memo is not None:
-            memo.update({"post": (y, res), "out": out})
+            memo.update({"in": key, "prepared": prepared, "res": res, "post": (y, res), "out": out})
         return out, state
+
+    def _step(
+        self,
+        ff: Tensor,
+        extras: list[Tensor],
+        state: State,
+        cached: tuple[Any, Tensor] | None,
+        post: tuple[tuple[Tensor, Tensor], Tensor] | None,
+    ) -> tuple[Any, Tensor, Tensor, State, Tensor]:
+        prepared, res = cached if cached is not None else self._prepare(ff, extras)
+        update = self.cell.update
+        if self._compiled_update is not None and _full_batch(prepared, state):
+            update = self._compiled_update
+        y, state = update(prepared, state)
+        if post is not None and _same(post[0], (y, res)):
+            out = post[1]
+        else:
+            out = y
+            for op in self.post:
+                out = op(out, res)
+        return prepared, res, y, state, out
+
+    def compile_update(self, enable: bool = True, **kwargs: Any) -> None:
+        """Run the cell's update compiled by ``torch.compile(**kwargs)`` (``enable=False``: eager).
+
+        Only steps whose every input has the full batch run compiled: the batch-1 steps of the fast
+        schedule (activity before the stimulus arrives) and the one step where the two meet run
+        eagerly, so the update compiles once per layer instead of once per batch shape.
+        """
+        self.cell.compiled = enable
+        self._compiled_update = torch.compile(self.cell.update, **kwargs) if enable else None
 
     def _prepare(self, ff: Tensor, extras: list[Tensor]) -> tuple[Any, Tensor]:
         plan = self.plan
@@ -293,6 +329,24 @@ class Layer(nn.Module):
         for op in self.pre:
             x = op(x, res)
         return self.cell.prepare(x, res, fb), res
+
+
+def _full_batch(*trees: Any) -> bool:
+    """Whether every tensor in these nested tuples, lists, dicts and dataclasses has the same
+    batch size, larger than 1."""
+    sizes: set[int] = set()
+    stack = list(trees)
+    while stack:
+        x = stack.pop()
+        if isinstance(x, Tensor):
+            sizes.add(x.shape[0] if x.dim() else -1)
+        elif isinstance(x, (tuple, list)):
+            stack.extend(x)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif is_dataclass(x):
+            stack.extend(getattr(x, f.name) for f in fields(x))
+    return len(sizes) == 1 and min(sizes) > 1
 
 
 def _same(a: tuple | None, b: tuple) -> bool:

@@ -62,6 +62,36 @@ class ConvRNN(nn.Module):
         self.fast = fast
         self.pretrained_cfg: dict[str, Any] | None = None
 
+    # --- speed and memory ------------------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing over time, for training with less memory: every step of every
+        layer (harbor, pre-memory ops, cell, post-memory ops) keeps only its inputs for the backward
+        pass (the states of the step before and the other layers' outputs) and runs again there.
+        The same numbers, at the time of about one more forward pass (``benchmarks/memory.py``
+        measures both). Layers with BatchNorm are left out while training (recomputing them would
+        update their running statistics again)."""
+        for layer in self.layers.values():
+            layer.grad_checkpointing = enable
+
+    def compile_steps(self, enable: bool = True, **kwargs: Any) -> list[str]:
+        """Compile each layer's per-step recurrence (its cell's update) with ``torch.compile(**kwargs)``;
+        return the names of the layers compiled (``enable=False`` returns them all to eager).
+
+        Each compiles once, at its first full-batch step: the fast schedule's batch-1 steps stay
+        eager. Cells with a trivial update (identity, time decay) are not compiled. Worth measuring
+        first (``benchmarks/unroll.py --compile``): on a 2-core CPU it took minutes to compile and
+        ran no faster; the ops it fuses (gates, activations) weigh more on a GPU.
+        """
+        names = [n for n, layer in self.layers.items() if layer.cell.worth_compiling]
+        # Every layer's update shares one code object, whose compiled variants torch caps (8 by
+        # default; beyond, it runs eagerly): room for each layer, and a second batch size each.
+        config = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # older torch
+        setattr(config, limit, max(getattr(config, limit), 2 * len(names) + 8))
+        for n in names:
+            self.layers[n].compile_update(enable, **kwargs)
+        return names
+
     # --- facts ---------------------------------------------------------------------------------
     @property
     def num_classes(self) -> int:

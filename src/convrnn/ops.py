@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,20 +98,68 @@ class SameConv2d(nn.Module):
         nn.init.kaiming_normal_(self.weight, nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.apply_to(x, self.weight, self.bias)
+
+    def apply_to(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """This convolution's geometry (kernel, stride, padding, groups) with other weights."""
         if self.padding == "valid":
-            return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
+            return F.conv2d(x, weight, bias, self.stride, 0, 1, self.groups)
         (kh, kw), s = self.kernel, self.stride
         ph = same_padding(x.shape[-2], kh, s)
         pw = same_padding(x.shape[-1], kw, s)
         if ph[0] == ph[1] and pw[0] == pw[1]:
             # Symmetric: let the conv kernel pad (no extra copy of the input).
-            return F.conv2d(x, self.weight, self.bias, s, (ph[0], pw[0]), 1, self.groups)
+            return F.conv2d(x, weight, bias, s, (ph[0], pw[0]), 1, self.groups)
         x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
-        return F.conv2d(x, self.weight, self.bias, s, 0, 1, self.groups)
+        return F.conv2d(x, weight, bias, s, 0, 1, self.groups)
+
+    def geometry(self) -> tuple:
+        """What two convolutions must share to run as one: kernel, stride, padding, groups, input depth."""
+        return (self.kernel, self.stride, self.padding, self.groups, self.weight.shape[1])
 
     def extra_repr(self) -> str:
         o, i, kh, kw = self.weight.shape
         return f"{i * self.groups}, {o}, kernel={kh}x{kw}, stride={self.stride}, {self.padding}, bias={self.bias is not None}"
+
+
+class FusedConv:
+    """Convolutions that read the same input, run as one: their kernels concatenated along the
+    output channels (and their biases, zeros standing in for a missing one), the output split back.
+
+    Each output channel is the same sum over the same products as in its own convolution; only the
+    kernel's blocking may change the order of that sum (differences at float rounding). The kernels
+    are concatenated at the first call (one per unroll) from the live parameters, so gradients flow
+    back to each convolution's own weights.
+    """
+
+    def __init__(self, convs: list[SameConv2d]) -> None:
+        if not fusable(convs):
+            raise ValueError("FusedConv: the convolutions differ in kernel, stride, padding, groups or input depth")
+        self.convs = convs
+        self.sizes = [c.weight.shape[0] for c in convs]
+        self.weight: Tensor | None = None
+        self.bias: Tensor | None = None
+
+    def __call__(self, x: Tensor) -> list[Tensor]:
+        if self.weight is None:  # concatenated on first use, then reused for every step
+            convs = self.convs
+            self.weight = torch.cat([c.weight for c in convs])
+            if any(c.bias is not None for c in convs):
+                zeros = self.weight.new_zeros
+                self.bias = torch.cat([zeros(n) if c.bias is None else c.bias for c, n in zip(convs, self.sizes)])
+        return list(self.convs[0].apply_to(x, self.weight, self.bias).split(self.sizes, dim=1))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies and pickles (e.g. ``copy.deepcopy`` of a model) concatenate afresh: the built
+        # weight is part of an autograd graph, which cannot be copied.
+        return {**self.__dict__, "weight": None, "bias": None}
+
+
+def fusable(convs: list[nn.Module | None]) -> bool:
+    """Whether these modules are plain (not separable) convolutions of one geometry."""
+    if len(convs) < 2 or not all(type(c) is SameConv2d for c in convs):
+        return False
+    return len({c.geometry() for c in convs}) == 1  # type: ignore[union-attr]
 
 
 class SeparableConv2d(nn.Module):

@@ -410,3 +410,58 @@ def test_batch_one_state_broadcasts():
     assert all(s.shape[0] == 2 for s in st_b)
     assert torch.allclose(out_b, out_e, atol=1e-6)
     assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(st_b, st_e))
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(cell_channels=3, residual_to_out_gate=True),  # the shallow zoo cell, no conv biases
+        dict(cell_channels=2, conv_bias=True, cell_to_out=True, tau_bias=0.3, gate_bias=-0.2),  # biases, G_o -> input
+        dict(cell_channels=3, tau_kernel=3, gate_kernel=2, conv_bias=True),  # kernels differ: T_c alone, G_c alone
+    ],
+)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_fused_state_convolutions_equal_separate_ones(cfg, layout):
+    """With fuse_convs the fast schedule runs the two convolutions reading each state as one
+    (concatenated kernels): same outputs and gradients as the separate convolutions, to float rounding."""
+    cell = randomise(build(RGCConfig(**cfg), d=4, hw=(4, 4)), 31)
+    assert not cell.fuse_convs  # opt-in
+    cell.fuse_convs = True
+    x, state, r, _ = inputs(cell, 32, batch=3)
+    x, r, *state = (t.contiguous(memory_format=layout).requires_grad_() for t in (x, r, *state))
+    results = []
+    for fast in (False, True):
+        cell.begin(fast)
+        out, new = cell.update(cell.prepare(x, r), tuple(state))
+        loss = out.square().sum() + sum((s * s.detach()).sum() for s in new)
+        grads = torch.autograd.grad(loss, [x, r, *state, *cell.parameters()], allow_unused=True)
+        results.append((out, new, grads))
+    fused = cell._fused
+    same_kernels = cfg.get("gate_kernel", 3) == cfg.get("tau_kernel", 3)
+    assert (set(fused) == {"c", "h"}) == same_kernels and all(f.weight is not None for f in fused.values())
+    (out_a, new_a, g_a), (out_b, new_b, g_b) = results
+    torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-6)
+    for a, b in zip((*new_a, *g_a), (*new_b, *g_b)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_copies_drop_the_fused_weight_and_rebuild_it():
+    """A cell copied after a forward pass copies the fusion's plan, not its weight (built from the
+    parameters inside the autograd graph, which cannot be copied), and builds it again from its own."""
+    import copy
+
+    cell = randomise(build(RGCConfig(cell_channels=3), d=4, hw=(4, 4)), 33)
+    cell.fuse_convs = True
+    cell.begin(True)
+    x, state, r, _ = inputs(cell, 34, batch=3)
+    assert all(f.weight is None for f in cell._fused.values())  # built at first use
+    cell.update(cell.prepare(x, r), state)
+    assert all(f.weight is not None and f.weight.grad_fn is not None for f in cell._fused.values())
+    twin = copy.deepcopy(cell)
+    assert all(f.weight is None for f in twin._fused.values())
+    assert twin._fused["c"].convs[0] is twin.cell_tau and twin._fused["h"].convs[0] is twin.cell_gate
+    torch.testing.assert_close(
+        twin.update(twin.prepare(x, r), tuple(state))[0], cell.update(cell.prepare(x, r), tuple(state))[0]
+    )

@@ -89,3 +89,25 @@ def test_batch_one_state_broadcasts():
     assert out_b.shape == (2, 2, 2, 2)
     assert torch.allclose(out_b, out_e, atol=1e-7)
     assert not torch.allclose(out_b[0], out_b[1])
+
+
+def test_frozen_value_is_read_once_and_again_when_written():
+    """A frozen a = 0 passes x through under the fast schedule; the value is checked only when the
+    buffer is replaced or written to (reading it waits for the device)."""
+    cell = build(decay=0.0, trainable=False)
+    x = rand(np.random.default_rng(5), 2, 2, 2, 2)
+    cell.begin(True)
+    assert cell.update((x,), (x * 3,))[0] is x
+    checked = cell._checked
+    cell.begin(True)
+    assert cell._checked is checked  # unchanged: not read again
+    with torch.no_grad():
+        cell.decay.fill_(0.5)  # written in place (as load_state_dict does): read again
+    cell.begin(True)
+    s, _ = cell.update((x,), (x,))
+    torch.testing.assert_close(s, 1.5 * x)
+    cell.decay = torch.zeros(1)  # another tensor
+    cell.begin(True)
+    assert cell.update((x,), (x,))[0] is x
+    cell.begin(False)  # the naive schedule computes a * s + x
+    assert cell.update((x,), (x,))[0] is not x

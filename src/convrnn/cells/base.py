@@ -72,10 +72,14 @@ class Cell(nn.Module):
     """A recurrent cell: ``forward(x, state, res=None, fb=None) -> (out, new_state)``."""
 
     out_channels: int
+    # Whether ``update`` does enough work (convolutions, gates) to be worth a torch.compile.
+    worth_compiling: ClassVar[bool] = True
 
     def __init__(self, ctx: CellContext) -> None:
         super().__init__()
         self.hw = ctx.hw
+        # Set by ConvRNN.compile_steps: shortcuts that would change the compiled graph are off.
+        self.compiled = False
 
     def state_channels(self) -> tuple[int, ...]:
         """Channels of each state tensor (zeros of shape (1, C, H, W) at t=0)."""

@@ -24,6 +24,8 @@ class IdentityConfig(CellConfig):
 
 
 class IdentityCell(Cell):
+    worth_compiling = False  # a pass-through or one multiply-add
+
     def __init__(self, ctx: CellContext) -> None:
         super().__init__(ctx)
         self.out_channels = ctx.in_channels

@@ -30,6 +30,8 @@ class TimeDecayConfig(CellConfig):
 
 
 class TimeDecayCell(Cell):
+    worth_compiling = False  # a pass-through or one multiply-add
+
     def __init__(self, cfg: TimeDecayConfig, ctx: CellContext) -> None:
         super().__init__(ctx)
         self.out_channels = ctx.in_channels
@@ -40,10 +42,20 @@ class TimeDecayCell(Cell):
         else:
             self.register_buffer("decay", value)
         self._passthrough = False
+        self._checked: tuple[Tensor, int, bool] | None = None
 
     def begin(self, fast: bool) -> None:
-        # Read the (possibly loaded) frozen value once per unroll, not once per step.
-        self._passthrough = fast and not self.decay.requires_grad and bool((self.decay == 0).all())
+        # Read the (possibly loaded) frozen value once, not at every unroll: reading a tensor's
+        # value waits for the device (and cannot happen inside a CUDA graph capture). It is read
+        # again only when the tensor is another one or was written to (its version counter moved).
+        decay = self.decay
+        if not fast or decay.requires_grad:
+            self._passthrough = False
+            return
+        checked = self._checked
+        if checked is None or checked[0] is not decay or checked[1] != decay._version:
+            checked = self._checked = (decay, decay._version, bool((decay == 0).all()))
+        self._passthrough = checked[2]
 
     def state_channels(self) -> tuple[int, ...]:
         return (self.channels,)

@@ -1,0 +1,128 @@
+"""Peak memory of a train step with and without activation checkpointing over time, in one run.
+
+``model.set_grad_checkpointing(True)`` keeps, for every step of every layer, only the step's inputs
+(the states of the step before and the other layers' outputs) and recomputes the rest in the
+backward pass. This script measures the peak of the memory allocated during a train step (forward
+and backward, gradients set to None before it, so they count) above what was allocated before it,
+and the time of the step:
+
+- **T=1 step**: one step of every layer at the full batch (the naive schedule at T=1: what one
+  time step of the network costs; the fast schedule at T=1 computes nearly nothing, as the stimulus
+  reaches only the first layer);
+- the fast schedule at T=8/16/26 without and with checkpointing.
+
+On the CPU the peak comes from the profiler's allocation events (``profile_memory=True``); on a GPU
+from ``torch.cuda.max_memory_allocated``. Gradients with and without checkpointing are compared too
+(they are the same computation, so they should agree exactly).
+
+Last line: ``peak_ratio_T26_ckpt_vs_T1=X time_cost=Y`` (checkpointed T=26 peak over the T=1 step's;
+checkpointed T=26 step time over the plain one's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+import convrnn
+
+
+def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes allocated while ``fn`` runs, above what was allocated when it started."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Allocations are reported on the op that made them, frees outside ops as "[memory]" events:
+    # their running sum in time order is the memory in use.
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    cur = best = 0
+    for e in events:
+        cur += e.self_cpu_memory_usage
+        best = max(best, cur)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="rgc_shallow")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall", help="thread: CPU time, with --threads 1")
+    args = ap.parse_args()
+    if args.clock == "thread" and (args.threads != 1 or args.device != "cpu"):
+        ap.error("--clock thread measures one CPU thread: use it with --threads 1 on the CPU")
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = convrnn.create_model(args.model, num_classes=10, image_size=args.image_size, width=args.width).to(device)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+
+    def step_fn(times: int, fast: bool, ckpt: bool) -> Callable[[], None]:
+        def step() -> None:
+            model.fast = fast
+            model.set_grad_checkpointing(ckpt)
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x, times=times).logits[-1], y).backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        return step
+
+    cases = {"T=1 step (every layer, full batch)": step_fn(1, False, False)}
+    for t in (8, 16, 26):
+        cases[f"fast T={t}"] = step_fn(t, True, False)
+        cases[f"fast T={t}, checkpointing"] = step_fn(t, True, True)
+    peaks, secs, grads = {}, {}, {}
+    for name, step in cases.items():
+        step()  # warm-up
+        peaks[name] = peak_bytes(step, device)
+        grads[name] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(args.rounds):
+        for name, step in cases.items():
+            t0 = clock()
+            step()
+            times[name].append(clock() - t0)
+    secs = {k: statistics.median(v) for k, v in times.items()}
+
+    print(
+        f"{args.model}, {args.image_size} px, batch {args.batch}, width {args.width}, train step (loss on the "
+        f"last step), {device}, {args.threads} threads, time ({args.clock} clock): median of {args.rounds} "
+        "interleaved rounds"
+    )
+    base = peaks["T=1 step (every layer, full batch)"]
+    print(f"{'':38s} {'peak MiB':>9s} {'vs T=1':>7s} {'ms/step':>9s}")
+    for name in cases:
+        print(f"{name:38s} {peaks[name] / 2**20:9.1f} {peaks[name] / base:6.2f}x {secs[name] * 1e3:9.1f}")
+    for t in (8, 16, 26):
+        plain, ckpt = f"fast T={t}", f"fast T={t}, checkpointing"
+        diff = max((a - b).abs().max().item() for a, b in zip(grads[plain], grads[ckpt]))
+        print(
+            f"T={t}: checkpointing keeps {peaks[ckpt] / peaks[plain]:.2f} of the peak at "
+            f"{secs[ckpt] / secs[plain]:.2f}x the time; max |grad difference| {diff:.1e}"
+        )
+    ratio = peaks["fast T=26, checkpointing"] / base
+    cost = secs["fast T=26, checkpointing"] / secs["fast T=26"]
+    print(f"peak_ratio_T26_ckpt_vs_T1={ratio:.2f} time_cost={cost:.2f}")
+
+
+if __name__ == "__main__":
+    main()
