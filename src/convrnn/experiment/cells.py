@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 import convrnn
+from convrnn.files import save_figure
 from convrnn.spec import Conv, EdgeSpec, ModelSpec
 
 if TYPE_CHECKING:
@@ -766,14 +767,6 @@ def _plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> dict[str, list[Path
     colors = dict(zip(MODELS, plt.get_cmap("tab20").colors, strict=False))
     written: dict[str, list[Path]] = {}
 
-    def save(fig: Any, path: Path) -> Path:
-        fig.tight_layout()
-        tmp = path.with_name(f".{path.stem}.tmp.png")
-        fig.savefig(tmp, dpi=120)
-        plt.close(fig)
-        tmp.replace(path)
-        return path
-
     for dataset in sorted({r["dataset"] for r in rows}):
         rs = [r for r in rows if r["dataset"] == dataset]
         fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -791,7 +784,7 @@ def _plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> dict[str, list[Path
         ax.set(xlabel="time after stimulus onset (ms)", ylabel="top-1 accuracy (%)")
         ax.set_title(f"{dataset}: accuracy at every time step (mean ± s.d. over seeds)", fontsize=9)
         ax.legend(fontsize=7, ncol=2, loc="upper left")
-        a = save(fig, out_dir / f"accuracy_per_step_{dataset}.png")
+        a = save_figure(fig, out_dir / f"accuracy_per_step_{dataset}.png")
 
         # Matched models crowd around the target: the right panel zooms in on them (the tolerance band).
         fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True, gridspec_kw={"width_ratios": [1, 1.4]})
@@ -819,7 +812,7 @@ def _plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> dict[str, list[Path
         axes[1].set_title(f"matched (target ± {100 * TOLERANCE:g}%); squares: feedforward", fontsize=9)
         axes[1].legend(fontsize=7, ncol=2, loc="best")
         fig.suptitle(f"{dataset}: accuracy vs size (mean ± s.d. over seeds)", fontsize=10)
-        b = save(fig, out_dir / f"accuracy_vs_params_{dataset}.png")
+        b = save_figure(fig, out_dir / f"accuracy_vs_params_{dataset}.png")
         written[dataset] = [a, b]
     return written
 
