@@ -70,7 +70,11 @@ def test_two_workers_share_one_study(killed):
     # Both workers trained (the killed one finished nothing: the other did its trial's retry).
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2
     for t in done:
-        assert t.user_attrs["parameters"] > 0 and t.user_attrs["steps"] == 12
+        assert t.user_attrs["parameters"] > 0
+        if t.state == TrialState.PRUNED:  # a sampled architecture whose loss diverged stops early
+            assert "diverged" in t.user_attrs and t.user_attrs["steps"] <= 12
+            continue
+        assert t.user_attrs["steps"] == 12
         spec = convrnn.ModelSpec.from_dict(t.user_attrs["spec"]).validate()
         assert spec.image_size == 32
         run = out / "trials" / f"{t.system_attrs.get('failed_trial', t.number):05d}"

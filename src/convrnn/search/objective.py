@@ -129,6 +129,10 @@ class TrialRunner:
             return None, TrialState.PRUNED, f"diverged: {e}"
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # final/ holds the weights
         acc = float(result["decoded_top1"])
+        # The trainer's own count: a retry that resumed from a checkpoint may skip the evaluations
+        # (and so the on_eval calls) of the steps its first attempt ran.
+        reached["step"] = int(result["step"])
+        trial.set_user_attr("steps", reached["step"])
         trial.set_user_attr("accuracy", acc)
         trial.set_user_attr("top1_per_step", result["top1_per_step"])
         values = acc if cfg.objective == "accuracy" else (acc, float(n_params))
