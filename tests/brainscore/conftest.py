@@ -6,7 +6,9 @@ temporary folder here, and caching is off, so nothing outside the test's folders
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ from PIL import Image
 import convrnn
 
 _HOME = tempfile.mkdtemp(prefix="convrnn-brainscore-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["RESULTCACHING_DISABLE"] = "1"
 os.environ["BRAINIO_HOME"] = _HOME
 os.environ["TMPDIR"] = _HOME
