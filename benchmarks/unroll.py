@@ -19,6 +19,9 @@ Peak: the best of a 2048^2 float32 matmul and the model's own convolutions (forw
 that carries at least 5% of the step's convolution FLOPs), all timed here and now. Achieved: FLOPs
 of one fast train step (``torch.utils.flop_counter``, the useful work: the naive schedule's extra
 work is not counted) over its median time. bf16 is compared with the bf16 peak measured the same way.
+Where the rest goes: every convolution call of the fast step (forward and backward, by its exact
+shapes and strides) timed alone on fresh tensors, summed: the step's time if nothing but the
+convolution kernels cost anything; the remainder is the recurrence's overhead.
 
 Times are wall clock; with ``--threads 1 --clock thread`` they are the CPU time of the one thread,
 which other processes preempting it do not inflate (useful on a shared machine).
@@ -152,6 +155,49 @@ def peak(step: Callable[[], None], dtype: torch.dtype, repeats: int) -> tuple[fl
     return best
 
 
+class ConvCalls(TorchDispatchMode):
+    """Counts every convolution call of a step, forward and backward, by its exact arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[tuple, list] = {}  # key -> [count, standalone call, FLOPs]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default):
+            key = (func, *(_describe(a) for a in args))
+            if key not in self.calls:
+                # Fresh tensors of the same shape, layout and dtype, to time the call alone later.
+                fresh = [_like(a) for a in args]
+                flops = FlopCounterMode(display=False)
+                with flops:
+                    func(*fresh)
+                self.calls[key] = [0, (lambda f=func, a=fresh: f(*a)), flops.get_total_flops()]
+            self.calls[key][0] += 1
+        return out
+
+
+def _describe(a: object) -> object:
+    if isinstance(a, torch.Tensor):
+        return (tuple(a.shape), tuple(a.stride()), a.dtype)
+    return tuple(a) if isinstance(a, list) else a
+
+
+def _like(a: object) -> object:
+    return torch.empty_strided(a.shape, a.stride(), dtype=a.dtype).normal_() if isinstance(a, torch.Tensor) else a
+
+
+def conv_bound(step: Callable[[], None], repeats: int) -> tuple[float, float, int]:
+    """Seconds the step's convolutions (forward and backward) take when each call runs alone at its
+    own best speed, their FLOPs, and the number of calls: the step's time with zero overhead
+    outside the convolution kernels."""
+    rec = ConvCalls()
+    with rec:
+        step()
+    secs = sum(n * best_time(call, 3 * repeats) for n, call, _ in rec.calls.values())
+    return secs, sum(n * f for n, _, f in rec.calls.values()), sum(n for n, _, _ in rec.calls.values())
+
+
 def flops_of(step: Callable[[], None]) -> int:
     with FlopCounterMode(display=False) as counter:
         step()
@@ -211,6 +257,13 @@ def main() -> None:
     achieved = flops["fast"] / secs["fast"]
     achieved16 = flops["fast"] / secs["fast, bf16 autocast"]
     print(f"fast float32: {achieved / 1e9:.1f} GFLOP/s = {achieved / peak32:.2f} of the float32 peak")
+    conv_secs, conv_flops, calls = conv_bound(steps["fast"], args.rounds)
+    print(
+        f"fast float32, its {calls} convolution calls (forward and backward) each timed alone: "
+        f"{conv_secs * 1e3:.1f} ms = {conv_secs / secs['fast']:.2f} of the step, {conv_flops / conv_secs / 1e9:.1f} GFLOP/s "
+        f"= {conv_flops / conv_secs / peak32:.2f} of the peak; the rest of the step (gates, activations, pooling, "
+        f"autograd, Python) {(secs['fast'] - conv_secs) * 1e3:.1f} ms"
+    )
     print(
         f"fast bf16 autocast: {secs['fast'] / secs['fast, bf16 autocast']:.2f}x the float32 step, "
         f"{achieved16 / 1e9:.1f} GFLOP/s = {achieved16 / peak16:.2f} of the bf16 peak"
