@@ -6,8 +6,9 @@ RGC option, six candidate feedback edges) with AdamW in place of the reference's
 cluttered-digits task at tiny scale,
 with the same sampler seed, the same training seed and the same number of trials. One arm stops
 poor trials early (successive halving on the accuracy reported every ``--prune-every`` optimizer
-steps, the first rung at ``--min-resource`` steps), the other trains every trial to the end. Training compute is counted as optimizer steps
-actually run (each trial records the steps it reached, pruned or diverged trials included).
+steps, the first rung at ``--min-resource`` steps), the other trains every trial to the end.
+Training compute is counted as optimizer steps actually run (each trial records the steps it
+reached, pruned or diverged trials included).
 
 The two arms run side by side in two processes, one torch thread each (the 2 cores of this
 machine); compute is counted in steps, so the timing of one arm does not affect the other's result.
@@ -75,7 +76,8 @@ def main() -> None:
     p.add_argument("--reduction-factor", type=int, default=4)
     # At this scale top-1 stays at chance (10 %) for the first 25-50 steps of every trial, and up
     # to 75 for the random startup trials (measured): a rung before that prunes at random. With
-    # reduction 4, the rungs sit at 50 and 200 of 600 steps.
+    # reduction 4, the rungs sit at 50 and 200 of 600 steps: about a third of the compute, but
+    # rankings at 50 are still noisy (rungs at 75 and 225 cost about half; docs/search.md).
     p.add_argument("--min-resource", type=int, default=50, help="steps before the first rung")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--width", type=float, default=0.125)

@@ -41,7 +41,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 import convrnn
 from convrnn.cells import RGCCell
@@ -103,78 +103,33 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return min(out)
 
 
-class ConvShapes(TorchDispatchMode):
-    """Records the FLOPs of every convolution call by its argument shapes and layout."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.flops: dict[tuple, int] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func is torch.ops.aten.convolution.default:
-            x, w, _b, stride, padding, dilation, transposed, _out_padding, groups = args
-            cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-            key = (tuple(x.shape), tuple(w.shape), tuple(stride), tuple(padding), tuple(dilation), groups, cl)
-            flops = conv_flop_count(list(x.shape), list(w.shape), list(out.shape), transposed)
-            self.flops[key] = self.flops.get(key, 0) + flops
-        return out
-
-
-def peak(step: Callable[[], None], dtype: torch.dtype, repeats: int) -> tuple[float, str]:
-    """The best FLOP/s of a 2048^2 matmul and of the step's convolutions (forward, each shape that
-    carries at least 5% of the step's convolution FLOPs), in ``dtype``."""
-    n = 2048
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    name = str(dtype).removeprefix("torch.")
-    best = (2.0 * n**3 / best_time(lambda: a @ b, repeats), f"{name} matmul {n}x{n}")
-    rec = ConvShapes()
-    with rec:
-        step()
-    total = sum(rec.flops.values())
-    for (xs, ws, stride, padding, dilation, groups, cl), flops in rec.flops.items():
-        if flops < 0.05 * total:
-            continue
-        x, w = torch.randn(xs, dtype=dtype), torch.randn(ws, dtype=dtype)
-        if cl:
-            x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
-        one = 2.0 * xs[0] * ws[0] * ws[1] * ws[2] * ws[3]  # per output pixel; times the output size:
-        with torch.no_grad():
-            out = F.conv2d(x, w, None, stride, padding, dilation, groups)
-            rate = (
-                one
-                * out.shape[-2]
-                * out.shape[-1]
-                / best_time(
-                    lambda x=x, w=w, s=stride, p=padding, d=dilation, g=groups: F.conv2d(x, w, None, s, p, d, g),
-                    repeats * 3,
-                )
-            )
-        desc = f"{name} conv {ws[1] * groups}->{ws[0]} {ws[2]}x{ws[3]}/{stride[0]} on {xs}"
-        best = max(best, (rate, desc))
-    return best
-
-
 class ConvCalls(TorchDispatchMode):
-    """Counts every convolution call of a step, forward and backward, by its exact arguments."""
+    """Records every convolution call of a step, forward and backward, by its exact arguments: how
+    often it ran, fresh tensors of the same shapes, strides and dtype to run it alone, its FLOPs."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.calls: dict[tuple, list] = {}  # key -> [count, standalone call, FLOPs]
+        self.calls: dict[tuple, list] = {}  # key -> [count, op, fresh arguments, FLOPs of one call]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func in (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default):
             key = (func, *(_describe(a) for a in args))
             if key not in self.calls:
-                # Fresh tensors of the same shape, layout and dtype, to time the call alone later.
                 fresh = [_like(a) for a in args]
                 flops = FlopCounterMode(display=False)
                 with flops:
                     func(*fresh)
-                self.calls[key] = [0, (lambda f=func, a=fresh: f(*a)), flops.get_total_flops()]
+                self.calls[key] = [0, func, fresh, flops.get_total_flops()]
             self.calls[key][0] += 1
         return out
+
+
+def record_convs(step: Callable[[], None]) -> ConvCalls:
+    rec = ConvCalls()
+    with rec:
+        step()
+    return rec
 
 
 def _describe(a: object) -> object:
@@ -187,15 +142,49 @@ def _like(a: object) -> object:
     return torch.empty_strided(a.shape, a.stride(), dtype=a.dtype).normal_() if isinstance(a, torch.Tensor) else a
 
 
-def conv_bound(step: Callable[[], None], repeats: int) -> tuple[float, float, int]:
+def peak(rec: ConvCalls, dtype: torch.dtype, repeats: int) -> tuple[float, str]:
+    """The best FLOP/s of a 2048^2 matmul and of the step's convolutions (forward, bias-free, each
+    shape that carries at least 5% of the step's forward convolution FLOPs), in ``dtype``."""
+    n = 2048
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    name = str(dtype).removeprefix("torch.")
+    best = (2.0 * n**3 / best_time(lambda: a @ b, repeats), f"{name} matmul {n}x{n}")
+    shapes: dict[tuple, list] = {}  # geometry -> [FLOPs in the step, input, weight, FLOPs of one call]
+    for count, op, args, flops in rec.calls.values():
+        if op is torch.ops.aten.convolution.default:
+            x, w, _bias, stride, padding, dilation, _transposed, _out_padding, groups = args
+            geometry = (
+                tuple(x.shape),
+                tuple(x.stride()),
+                tuple(w.shape),
+                tuple(stride),
+                tuple(padding),
+                tuple(dilation),
+                groups,
+            )
+            entry = shapes.setdefault(geometry, [0, x, w, flops])
+            entry[0] += count * flops
+    total = sum(e[0] for e in shapes.values())
+    for (xs, _xst, ws, stride, padding, dilation, groups), (in_step, x, w, flops) in shapes.items():
+        if in_step < 0.05 * total:
+            continue
+        x, w = x.to(dtype), w.to(dtype)  # keeps the memory layout
+        with torch.no_grad():
+            secs = best_time(
+                lambda x=x, w=w, s=stride, p=padding, d=dilation, g=groups: F.conv2d(x, w, None, s, p, d, g),
+                repeats * 3,
+            )
+        desc = f"{name} conv {ws[1] * groups}->{ws[0]} {ws[2]}x{ws[3]}/{stride[0]} on {xs}"
+        best = max(best, (flops / secs, desc))
+    return best
+
+
+def conv_bound(rec: ConvCalls, repeats: int) -> tuple[float, float, int]:
     """Seconds the step's convolutions (forward and backward) take when each call runs alone at its
     own best speed, their FLOPs, and the number of calls: the step's time with zero overhead
     outside the convolution kernels."""
-    rec = ConvCalls()
-    with rec:
-        step()
-    secs = sum(n * best_time(call, 3 * repeats) for n, call, _ in rec.calls.values())
-    return secs, sum(n * f for n, _, f in rec.calls.values()), sum(n for n, _, _ in rec.calls.values())
+    secs = sum(n * best_time(lambda op=op, a=args: op(*a), 3 * repeats) for n, op, args, _ in rec.calls.values())
+    return secs, sum(n * f for n, _, _, f in rec.calls.values()), sum(n for n, _, _, _ in rec.calls.values())
 
 
 def flops_of(step: Callable[[], None]) -> int:
@@ -240,8 +229,9 @@ def main() -> None:
     # for a half whose output is unused at a layer's last step); their time is compared with the
     # fast step's useful FLOPs.
     flops = {"naive": flops_of(steps["naive"]), "fast": flops_of(steps["fast"])}
-    peak32, src32 = peak(steps["fast"], torch.float32, args.rounds)
-    peak16, src16 = peak(steps["fast"], torch.bfloat16, args.rounds)
+    convs = record_convs(steps["fast"])  # the fast step's convolution calls, for the peak and the bound
+    peak32, src32 = peak(convs, torch.float32, args.rounds)
+    peak16, src16 = peak(convs, torch.bfloat16, args.rounds)
 
     print(
         f"{args.model}, {args.image_size} px, T={T}, batch {args.batch}, width {args.width}, train step "
@@ -257,7 +247,7 @@ def main() -> None:
     achieved = flops["fast"] / secs["fast"]
     achieved16 = flops["fast"] / secs["fast, bf16 autocast"]
     print(f"fast float32: {achieved / 1e9:.1f} GFLOP/s = {achieved / peak32:.2f} of the float32 peak")
-    conv_secs, conv_flops, calls = conv_bound(steps["fast"], args.rounds)
+    conv_secs, conv_flops, calls = conv_bound(convs, args.rounds)
     print(
         f"fast float32, its {calls} convolution calls (forward and backward) each timed alone: "
         f"{conv_secs * 1e3:.1f} ms = {conv_secs / secs['fast']:.2f} of the step, {conv_flops / conv_secs / 1e9:.1f} GFLOP/s "
