@@ -252,7 +252,7 @@ def test_grad_checkpointing_leaves_batchnorm_layers_alone_in_training():
     plain = convrnn.create_model(spec)
     ckpt = convrnn.create_model(spec)
     ckpt.load_state_dict(plain.state_dict())
-    ckpt.set_grad_checkpointing(True)
+    ckpt.set_grad_checkpointing(True, segment_steps=3)  # segments are left out too
     x = torch.randn(4, 3, 32, 32)
     out_a, g_a = _train_grads(plain, x, times=10)
     out_b, g_b = _train_grads(ckpt, x, times=10)
@@ -260,6 +260,89 @@ def test_grad_checkpointing_leaves_batchnorm_layers_alone_in_training():
     torch.testing.assert_close(ckpt.state_dict(), plain.state_dict())  # running statistics included
     for n in g_a:
         torch.testing.assert_close(g_b[n], g_a[n], rtol=1e-6, atol=1e-7, msg=n)
+
+
+def _grads_with_input(model, x, times, loss_steps=slice(-1, None)):
+    """Logits, parameter gradients and the input's gradient of a loss on the given steps."""
+    model.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    logits = model(x, times=times).logits
+    logits[loss_steps].square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), grads, x.grad
+
+
+@pytest.mark.parametrize("name", ["rgc_shallow", "rgc_intermediate"])
+def test_segment_checkpointing_gives_the_same_gradients(name):
+    """Checkpointed segments run each segment again in the backward pass: the same logits, and the
+    same gradients of the weights and of the images (float64: only the order of additions differs,
+    as a weight's gradient is summed over segments), for segments of 1 step, uneven ones, one
+    segment and one longer than the unroll; with the loss on the last step or on every step."""
+    model = _tiny(name).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    for loss_steps in (slice(-1, None), slice(None)):
+        model.set_grad_checkpointing(False)
+        out_a, g_a, x_a = _grads_with_input(model, x, 20, loss_steps)
+        for segment in (1, 3, 7, 20, 25):
+            model.set_grad_checkpointing(True, segment_steps=segment)
+            out_b, g_b, x_b = _grads_with_input(model, x, 20, loss_steps)
+            torch.testing.assert_close(out_b, out_a, rtol=0, atol=0)
+            assert g_a.keys() == g_b.keys()
+            for n in g_a:
+                torch.testing.assert_close(g_b[n], g_a[n], rtol=1e-9, atol=1e-12, msg=f"{n}, segments of {segment}")
+            torch.testing.assert_close(x_b, x_a, rtol=1e-9, atol=1e-12)
+    with torch.no_grad():  # no graph, nothing to checkpoint
+        torch.testing.assert_close(model(x, times=20).logits, out_a)
+
+
+def test_segment_checkpointing_with_videos_standard_unroll_and_the_naive_schedule():
+    """A video's frames get their gradients through the segments too; the standard unroll and the
+    naive schedule checkpoint the same way."""
+    x = torch.randn(2, 14, 3, 32, 32, dtype=torch.float64)
+    for kw in ({}, {"unroll": "standard"}, {"fast": False}):
+        model = _tiny("rgc_intermediate", **kw).double()
+        out_a, g_a, x_a = _grads_with_input(model, x, 14, slice(None))
+        model.set_grad_checkpointing(True, segment_steps=4)
+        out_b, g_b, x_b = _grads_with_input(model, x, 14, slice(None))
+        assert x_a is not None and x_a.abs().sum() > 0
+        torch.testing.assert_close(out_b, out_a, rtol=0, atol=0)
+        for n in g_a:
+            torch.testing.assert_close(g_b[n], g_a[n], rtol=1e-9, atol=1e-12, msg=f"{kw}: {n}")
+        torch.testing.assert_close(x_b, x_a, rtol=1e-9, atol=1e-12)
+
+
+def _peak_bytes(fn):
+    """Peak CPU memory allocated while ``fn`` runs (the profiler's allocation events in order)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    cur = best = 0
+    for e in events:
+        cur += e.self_cpu_memory_usage
+        best = max(best, cur)
+    return best
+
+
+def test_segment_checkpointing_keeps_less_than_per_layer_checkpointing():
+    """What segments are for: at T=26 the peak of a train step is lower than with the per-layer
+    checkpoints alone, which keep every step's states."""
+    model = _tiny("rgc_shallow")
+    x = torch.randn(8, 3, 32, 32)
+    peaks = {}
+    for segment in (None, 6):
+        model.set_grad_checkpointing(True, segment_steps=segment)
+        _train_grads(model, x, times=26)  # warm-up
+        peaks[segment] = _peak_bytes(lambda: _train_grads(model, x, times=26))
+    assert peaks[6] < 0.8 * peaks[None], peaks
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "4"])
+def test_segment_steps_must_be_a_positive_integer(bad):
+    model = _tiny("rgc_shallow")
+    with pytest.raises(ValueError, match="segment_steps: must be a positive integer"):
+        model.set_grad_checkpointing(True, segment_steps=bad)
 
 
 @pytest.mark.parametrize("name", ["rgc_shallow"])

@@ -60,18 +60,34 @@ class ConvRNN(nn.Module):
                     nn.init.zeros_(m.bias)
         self.unroll_mode = unroll
         self.fast = fast
+        self.segment_steps = 0  # see set_grad_checkpointing
         self.pretrained_cfg: dict[str, Any] | None = None
 
     # --- speed and memory ------------------------------------------------------------------------
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
+    def set_grad_checkpointing(self, enable: bool = True, segment_steps: int | None = None) -> None:
         """Activation checkpointing over time, for training with less memory: every step of every
         layer (harbor, pre-memory ops, cell, post-memory ops) keeps only its inputs for the backward
         pass (the states of the step before and the other layers' outputs) and runs again there.
         The same numbers, at the time of about one more forward pass (``benchmarks/memory.py``
         measures both). Layers with BatchNorm are left out while training (recomputing them would
-        update their running statistics again)."""
+        update their running statistics again).
+
+        ``segment_steps``: also checkpoint the whole network over segments of that many steps
+        (about the square root of the steps unrolled is best): only the outputs and states between
+        segments are kept through the forward pass, and each segment runs again, with the per-layer
+        checkpoints, when the backward pass reaches it. Memory then grows with T / segment_steps +
+        segment_steps instead of T, for about one more forward pass still. These checkpoints are
+        reentrant: gradients come from ``loss.backward()`` (not ``torch.autograd.grad``), and
+        DistributedDataParallel needs ``static_graph=True``. Not used with BatchNorm layers in
+        training.
+        """
+        if segment_steps is not None and (
+            isinstance(segment_steps, bool) or not isinstance(segment_steps, int) or segment_steps < 1
+        ):
+            raise ValueError(f"segment_steps: must be a positive integer or None, got {segment_steps!r}")
         for layer in self.layers.values():
             layer.grad_checkpointing = enable
+        self.segment_steps = (segment_steps or 0) if enable else 0
 
     def compile_steps(self, enable: bool = True, **kwargs: Any) -> list[str]:
         """Compile each layer's per-step recurrence (its cell's update) with ``torch.compile(**kwargs)``;
@@ -142,10 +158,21 @@ class ConvRNN(nn.Module):
             raise ValueError(f"times: must be >= 1, got {times}")
         # Shared (batch-1) activity must not meet BatchNorm in training mode: its batch statistics
         # would differ. Fall back to the naive schedule there.
-        fast = self.fast and not (self.training and any(layer.has_batchnorm for layer in self.layers.values()))
+        bn_training = self.training and any(layer.has_batchnorm for layer in self.layers.values())
+        fast = self.fast and not bn_training
         steps = {k: set(range(times)) if v is None else {t for t in v if t < times} for k, v in record.items()}
         out = unroll(
-            self.spec, self.layers, self.plans, self.order, stimulus, times, steps, mode=self.unroll_mode, fast=fast
+            self.spec,
+            self.layers,
+            self.plans,
+            self.order,
+            stimulus,
+            times,
+            steps,
+            mode=self.unroll_mode,
+            fast=fast,
+            # A segment run again would update BatchNorm's running statistics again.
+            segment_steps=0 if bn_training else self.segment_steps,
         )
         return out, times
 

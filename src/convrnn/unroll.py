@@ -28,8 +28,12 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from convrnn.cells import State
 from convrnn.data.presentation import Stimulus
@@ -98,8 +102,13 @@ def unroll(
     *,
     mode: str = "biological",
     fast: bool = True,
+    segment_steps: int = 0,
 ) -> dict[str, dict[int, Tensor]]:
-    """Run ``times`` steps; return ``out[layer][t]`` (batch expanded) for the requested steps."""
+    """Run ``times`` steps; return ``out[layer][t]`` (batch expanded) for the requested steps.
+
+    ``segment_steps`` > 0 (with gradients enabled): checkpoint the unroll in segments of that many
+    steps; only the outputs and states between segments are kept for the backward pass.
+    """
     b = stimulus.batch
     like = stimulus.frame(0)
     kinds = {(e.source, e.target): e.kind for e in spec.edges}
@@ -112,22 +121,88 @@ def unroll(
 
     for n in order:
         layers[n].cell.begin(fast)
-    memos: dict[str, dict] = {n: {} for n in order} if fast else {}
     prev: dict[str, Tensor] = {n: widen(zeros_like_output(plans[n], like)) for n in order}
     states: dict[str, State] = {n: tuple(widen(s) for s in layers[n].init_state(like)) for n in order}
     sources = {n: (plans[n].ff_source, plans[n].extra_sources()) for n in order}
+
+    def run(
+        stim: Stimulus, t0: int, t1: int, prev: dict[str, Tensor], states: dict[str, State]
+    ) -> tuple[dict[str, Tensor], dict[str, State], dict[tuple[str, int], Tensor]]:
+        """Steps t0..t1-1 from the outputs of step t0-1 and the states after it."""
+        # Reuse (see Layer.forward) stays within these steps: a segment recomputed in the backward
+        # pass must not read tensors that another segment made.
+        memos: dict[str, dict] = {n: {} for n in order} if fast else {}
+        states = dict(states)
+        got: dict[tuple[str, int], Tensor] = {}
+        for t in range(t0, t1):
+            cur: dict[str, Tensor] = {}
+            for name in order:
+                if t > last[name]:
+                    continue
+                ff_src, extra_srcs = sources[name]
+                ff = widen(stim.frame(t)) if ff_src is None else (cur if same_step else prev)[ff_src]
+                extras = [(cur if same_step and kinds[(s, name)] != "feedback" else prev)[s] for s in extra_srcs]
+                y, states[name] = layers[name](ff, extras, states[name], memos.get(name))
+                cur[name] = y
+                if name in record and t in record[name]:
+                    got[(name, t)] = expand_batch(y, b)
+            prev = cur
+        return prev, states, got
+
+    if segment_steps and torch.is_grad_enabled():
+        got: dict[tuple[str, int], Tensor] = {}
+        for t0 in range(0, times, segment_steps):
+            prev, states, seg_got = _checkpointed(run, stimulus, t0, min(times, t0 + segment_steps), prev, states)
+            got.update(seg_got)
+    else:
+        _, _, got = run(stimulus, 0, times, prev, states)
     out: dict[str, dict[int, Tensor]] = {n: {} for n in record}
-    for t in range(times):
-        cur: dict[str, Tensor] = {}
-        for name in order:
-            if t > last[name]:
-                continue
-            ff_src, extra_srcs = sources[name]
-            ff = widen(stimulus.frame(t)) if ff_src is None else (cur if same_step else prev)[ff_src]
-            extras = [(cur if same_step and kinds[(s, name)] != "feedback" else prev)[s] for s in extra_srcs]
-            y, states[name] = layers[name](ff, extras, states[name], memos.get(name))
-            cur[name] = y
-            if name in record and t in record[name]:
-                out[name][t] = expand_batch(y, b)
-        prev = cur
+    for (name, t), y in got.items():
+        out[name][t] = y
+    return out
+
+
+def _checkpointed(
+    run: Callable, stimulus: Stimulus, t0: int, t1: int, prev: dict[str, Tensor], states: dict[str, State]
+) -> tuple[dict[str, Tensor], dict[str, State], dict[tuple[str, int], Tensor]]:
+    """``run(stimulus, t0, t1, prev, states)`` keeping only its inputs for the backward pass.
+
+    Reentrant checkpointing: the forward runs without a graph (so nothing inside it, the layers'
+    own checkpoints included, keeps anything), the backward pass runs the steps again with a graph
+    and backpropagates through them. A non-reentrant checkpoint would keep the inner checkpoints'
+    inputs, i.e. every step's. Reentrant checkpoints pass gradients only to tensor arguments, so
+    everything is passed flat: the stimulus, the outputs and states, and an empty tensor that
+    requires a gradient, so that the steps get one when nothing else does (at t=0 every input is
+    a constant).
+    """
+    names = list(prev)
+    layer_names = list(states)
+    sizes = [len(states[n]) for n in layer_names]
+    frames = stimulus.video if stimulus.video is not None else stimulus.images
+    keys: list[tuple[str, int]] = []
+    ran: list[str] = []
+
+    def fn(_: Tensor, frames: Tensor, *flat: Tensor | None) -> tuple[Tensor | None, ...]:
+        stim = replace(stimulus, **{"video" if stimulus.video is not None else "images": frames})
+        p = dict(zip(names, flat[: len(names)]))
+        st = dict(zip(layer_names, _split(flat[len(names) :], sizes)))
+        p, st, got = run(stim, t0, t1, p, st)
+        keys[:], ran[:] = list(got), list(p)
+        return (*p.values(), *(s for n in layer_names for s in st[n]), *got.values())
+
+    flat = [*prev.values(), *(s for n in layer_names for s in states[n])]
+    needs_grad = torch.empty(0, device=frames.device, requires_grad=True)
+    # A step draws no random numbers: no generator state to keep.
+    res = checkpoint(fn, needs_grad, frames, *flat, use_reentrant=True, preserve_rng_state=False)
+    prev = dict(zip(ran, res[: len(ran)]))
+    n_states = sum(sizes)
+    states = dict(zip(layer_names, _split(res[len(ran) : len(ran) + n_states], sizes)))
+    return prev, states, dict(zip(keys, res[len(ran) + n_states :]))
+
+
+def _split(flat: Sequence, sizes: list[int]) -> list[tuple]:
+    out, k = [], 0
+    for n in sizes:
+        out.append(tuple(flat[k : k + n]))
+        k += n
     return out
