@@ -33,30 +33,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
 import convrnn
-
-
-def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
-    """Peak bytes allocated while ``fn`` runs, above what was allocated when it started."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    # Allocations are reported on the op that made them, frees outside ops as "[memory]" events:
-    # their running sum in time order is the memory in use.
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
-    cur = best = 0
-    for e in events:
-        cur += e.self_cpu_memory_usage
-        best = max(best, cur)
-    return best
+from convrnn.memory import peak_memory_bytes
 
 
 def main() -> None:
@@ -101,7 +80,7 @@ def main() -> None:
     peaks, secs, grads = {}, {}, {}
     for name, step in cases.items():
         step()  # warm-up
-        peaks[name] = peak_bytes(step, device)
+        peaks[name] = peak_memory_bytes(step, device)
         grads[name] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(args.rounds):

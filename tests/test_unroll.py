@@ -5,6 +5,7 @@ import torch
 
 import convrnn
 from convrnn.data.presentation import make_stimulus
+from convrnn.memory import peak_memory_bytes
 from convrnn.unroll import last_needed_steps
 
 
@@ -311,20 +312,6 @@ def test_segment_checkpointing_with_videos_standard_unroll_and_the_naive_schedul
         torch.testing.assert_close(x_b, x_a, rtol=1e-9, atol=1e-12)
 
 
-def _peak_bytes(fn):
-    """Peak CPU memory allocated while ``fn`` runs (the profiler's allocation events in order)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
-    cur = best = 0
-    for e in events:
-        cur += e.self_cpu_memory_usage
-        best = max(best, cur)
-    return best
-
-
 def test_segment_checkpointing_keeps_less_than_per_layer_checkpointing():
     """What segments are for: at T=26 the peak of a train step is lower than with the per-layer
     checkpoints alone, which keep every step's states."""
@@ -334,7 +321,7 @@ def test_segment_checkpointing_keeps_less_than_per_layer_checkpointing():
     for segment in (None, 6):
         model.set_grad_checkpointing(True, segment_steps=segment)
         _train_grads(model, x, times=26)  # warm-up
-        peaks[segment] = _peak_bytes(lambda: _train_grads(model, x, times=26))
+        peaks[segment] = peak_memory_bytes(lambda: _train_grads(model, x, times=26))
     assert peaks[6] < 0.8 * peaks[None], peaks
 
 
