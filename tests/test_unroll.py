@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import convrnn
+from convrnn.cells import RGCCell
 from convrnn.data.presentation import make_stimulus
 from convrnn.memory import peak_memory_bytes
 from convrnn.unroll import last_needed_steps
@@ -310,6 +311,22 @@ def test_segment_checkpointing_with_videos_standard_unroll_and_the_naive_schedul
         for n in g_a:
             torch.testing.assert_close(g_b[n], g_a[n], rtol=1e-9, atol=1e-12, msg=f"{kw}: {n}")
         torch.testing.assert_close(x_b, x_a, rtol=1e-9, atol=1e-12)
+
+
+def test_segment_checkpointing_with_fused_gate_convolutions():
+    """Fused convolutions concatenate their kernels once per unroll; the segments' first pass runs
+    without gradients, so the kernels are concatenated again when the segment runs with them:
+    every fused weight gets its gradient."""
+    model = _tiny("rgc_shallow").double()
+    for cell in (m for m in model.modules() if isinstance(m, RGCCell)):
+        cell.fuse_convs = True
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    _, g_a, _ = _grads_with_input(model, x, 10)
+    model.set_grad_checkpointing(True, segment_steps=3)
+    _, g_b, _ = _grads_with_input(model, x, 10)
+    assert g_a.keys() == g_b.keys() and any(".cell_tau." in n for n in g_a)
+    for n in g_a:
+        torch.testing.assert_close(g_b[n], g_a[n], rtol=1e-9, atol=1e-12, msg=n)
 
 
 def test_segment_checkpointing_keeps_less_than_per_layer_checkpointing():

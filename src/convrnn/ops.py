@@ -141,7 +141,11 @@ class FusedConv:
         self.bias: Tensor | None = None
 
     def __call__(self, x: Tensor) -> list[Tensor]:
-        if self.weight is None:  # concatenated on first use, then reused for every step
+        # Concatenated on first use, then reused for every step. Built again where a graph is
+        # wanted but the first build ran without one: checkpointing in segments runs the forward
+        # pass without gradients and each segment again with them.
+        stale = self.weight is not None and self.weight.grad_fn is None and torch.is_grad_enabled()
+        if self.weight is None or (stale and any(c.weight.requires_grad for c in self.convs)):
             convs = self.convs
             self.weight = torch.cat([c.weight for c in convs])
             if any(c.bias is not None for c in convs):
