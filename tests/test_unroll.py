@@ -63,6 +63,34 @@ def test_fast_schedule_with_frozen_zero_decay_and_features_equals_naive():
                 assert_same(a[area][t], b[area][t], f"{presentation} {area} t={t}")
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_each_layers_last_needed_step_computes_its_output_alone(monkeypatch, fast):
+    """The fast schedule runs each layer's last needed step as Cell.output (no new state): once per
+    layer, at the step last_needed_steps gives; the naive schedule never."""
+    model = _tiny("rgc_shallow", fast=fast)
+    seen: list[tuple[str, int]] = []
+    names = {id(layer.cell): name for name, layer in model.layers.items()}
+    output = type(model.layers["conv2"].cell).output
+
+    def spy(cell, prepared, state):
+        seen.append((names[id(cell)], steps[names[id(cell)]]))
+        return output(cell, prepared, state)
+
+    steps = dict.fromkeys(model.layers, -1)
+    run = type(model.layers["conv2"]).forward
+
+    def count(layer, *args, **kw):
+        steps[layer.name] += 1
+        return run(layer, *args, **kw)
+
+    monkeypatch.setattr(type(model.layers["conv2"].cell), "output", spy)
+    monkeypatch.setattr(type(model.layers["conv2"]), "forward", count)
+    model(torch.randn(2, 3, 32, 32), times=9)
+    rgc = [n for n, layer in model.layers.items() if type(layer.cell) is type(model.layers["conv2"].cell)]
+    last = last_needed_steps(model.spec, {"imnetds": 8}, "biological")
+    assert sorted(seen) == (sorted((n, last[n]) for n in rgc) if fast else [])
+
+
 @pytest.mark.parametrize("name", ["rgc_shallow", "rgc_intermediate", "ugrnn_intermediate"])
 def test_first_stimulus_step_matches_reference_timing(name):
     """conv_k first sees the stimulus at step k-1, the readout at 5 (shallow) / 10 (intermediate)."""

@@ -257,13 +257,20 @@ class Layer(nn.Module):
         return self.cell.init_state(like)
 
     def forward(
-        self, ff: Tensor, extras: list[Tensor], state: State, memo: dict[str, Any] | None = None
+        self,
+        ff: Tensor,
+        extras: list[Tensor],
+        state: State,
+        memo: dict[str, Any] | None = None,
+        last: bool = False,
     ) -> tuple[Tensor, State]:
         """One step. ``extras`` follow ``plan.concat_sources`` then ``plan.feedback_sources`` order.
 
         With a ``memo`` (a dict the caller keeps per layer), the stateless parts of the step (harbor,
         pre ops, the cell's ``prepare``; the post ops) are reused when they would read the very same
         tensors as at the previous step: e.g. the first layers while a still image is shown.
+        ``last``: nothing reads the new state (the layer's last needed step), so the cell computes
+        its output alone (``Cell.output``) and the state comes back as ``None`` entries.
         """
         key = (ff, *extras)
         # The reuse decisions are taken here, outside the step: a step recomputed for activation
@@ -276,7 +283,7 @@ class Layer(nn.Module):
             # One checkpoint per layer and step keeps only the step's inputs (the states of t-1 and
             # the other layers' outputs, which are kept anyway); a step draws no random numbers.
             run = partial(checkpoint, self._step, use_reentrant=False, preserve_rng_state=False)
-        prepared, res, y, state, out = run(ff, extras, state, cached, post)
+        prepared, res, y, state, out = run(ff, extras, state, cached, post, last)
         if memo is not None:
             memo.update({"in": key, "prepared": prepared, "res": res, "post": (y, res), "out": out})
         return out, state
@@ -288,12 +295,16 @@ class Layer(nn.Module):
         state: State,
         cached: tuple[Any, Tensor] | None,
         post: tuple[tuple[Tensor, Tensor], Tensor] | None,
+        last: bool = False,
     ) -> tuple[Any, Tensor, Tensor, State, Tensor]:
-        prepared, res = cached if cached is not None else self._prepare(ff, extras)
-        update = self.cell.update
-        if self._compiled_update is not None and _full_batch(prepared, state):
-            update = self._compiled_update
-        y, state = update(prepared, state)
+        prepared, res = cached if cached is not None else self._prepare(ff, extras, last)
+        if last:  # eager even when compiled: one graph per layer, not two
+            y, state = self.cell.output(prepared, state), tuple(None for _ in state)
+        else:
+            update = self.cell.update
+            if self._compiled_update is not None and _full_batch(prepared, state):
+                update = self._compiled_update
+            y, state = update(prepared, state)
         if post is not None and _same(post[0], (y, res)):
             out = post[1]
         else:
@@ -312,7 +323,7 @@ class Layer(nn.Module):
         self.cell.compiled = enable
         self._compiled_update = torch.compile(self.cell.update, **kwargs) if enable else None
 
-    def _prepare(self, ff: Tensor, extras: list[Tensor]) -> tuple[Any, Tensor]:
+    def _prepare(self, ff: Tensor, extras: list[Tensor], last: bool = False) -> tuple[Any, Tensor]:
         plan = self.plan
         fb: dict[str, Tensor] | None = None
         if extras:
@@ -328,7 +339,8 @@ class Layer(nn.Module):
         res = x = ff
         for op in self.pre:
             x = op(x, res)
-        return self.cell.prepare(x, res, fb), res
+        prepare = self.cell.prepare_output if last else self.cell.prepare
+        return prepare(x, res, fb), res
 
 
 def _full_batch(*trees: Any) -> bool:

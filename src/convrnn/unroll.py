@@ -16,6 +16,8 @@ feedback edges read step t-1.
 - A (layer, step) pair whose output cannot reach any requested output within the unrolled steps is
   skipped: with the logits of step T-1 requested, layer L is needed only up to step
   T-1 - d(L, readout), d counting the steps along the shortest path.
+- At a layer's last needed step nothing reads its new state: the cell computes its output alone
+  (the RGC leaves out its cell update, three of the five convolutions of the zoo's cells).
 - The stateless parts of a step (harbor, pre-memory ops, the inputs' terms of the cell, post-memory
   ops) are reused when they would read the very same tensors as at the previous step: while a still
   image is shown, the first layers (whose memory is the reference's frozen a = 0) see the same input
@@ -142,7 +144,7 @@ def unroll(
                 ff_src, extra_srcs = sources[name]
                 ff = widen(stim.frame(t)) if ff_src is None else (cur if same_step else prev)[ff_src]
                 extras = [(cur if same_step and kinds[(s, name)] != "feedback" else prev)[s] for s in extra_srcs]
-                y, states[name] = layers[name](ff, extras, states[name], memos.get(name))
+                y, states[name] = layers[name](ff, extras, states[name], memos.get(name), last=fast and t == last[name])
                 cur[name] = y
                 if name in record and t in record[name]:
                     got[(name, t)] = expand_batch(y, b)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from numpy_ref import TOL, build_cell, conv_same, elu, layer_norm, norm_params, np_, rand, randomise, sigmoid
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from convrnn.cells import CellContext, RGCConfig
 from convrnn.errors import SpecError
@@ -465,3 +466,44 @@ def test_copies_drop_the_fused_weight_and_rebuild_it():
     torch.testing.assert_close(
         twin.update(twin.prepare(x, r), tuple(state))[0], cell.update(cell.prepare(x, r), tuple(state))[0]
     )
+
+
+class _ConvCalls(TorchDispatchMode):
+    """Counts the convolutions run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func is torch.ops.aten.convolution.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("case", RICH, ids=["regular-all-options", "cell_to_out", "separable", "no-cell"])
+def test_output_alone_equals_update_without_the_cell_convolutions(case):
+    """At a layer's last needed step the unroller asks for h_t alone: prepare_output + output give
+    update's h_t exactly, and run none of the convolutions that only c_t reads; a full ``prepare``
+    (reused from an earlier step) works in ``output`` too."""
+    cfg = RGCConfig(**case["cfg"])
+    cell = randomise(build(cfg, d=2, hw=case.get("hw", (3, 3)), rc=case["rc"], fb=case["fb"]), 41)
+    x, state, r, fbs = inputs(cell, 42, rc=case["rc"], fb=case["fb"])
+    with _ConvCalls() as full:
+        h, _ = cell.update(cell.prepare(x, r, fbs or None), state)
+    with _ConvCalls() as alone:
+        h_alone = cell.output(cell.prepare_output(x, r, fbs or None), state)
+    torch.testing.assert_close(h_alone, h, rtol=0, atol=0)
+    torch.testing.assert_close(cell.output(cell.prepare(x, r, fbs or None), state), h, rtol=0, atol=0)
+    # The cell's own convolutions: what reads c (T_c) or feeds c_t (F, F_r, G_c, their add-ins,
+    # feedback at 'cell'); c's convolution into h (G_o or cell_to_out) stays.
+    cell_only = [cell.cell_in, cell.cell_res, cell.cell_tau, cell.cell_gate] if cfg.use_cell else []
+    cell_only += [cell.cell_in_tau, cell.cell_res_tau, cell.cell_in_gate, cell.cell_res_gate] if cfg.use_cell else []
+    cell_only += [cell.feedback["cell"]] if "cell" in case["fb"] else []
+    skipped = sum(_calls(m) for m in cell_only if m is not None)
+    assert skipped > 0 if cfg.use_cell else skipped == 0
+    assert alone.n == full.n - skipped
+
+
+def _calls(conv: torch.nn.Module) -> int:
+    """Convolution calls one application of ``conv`` makes (a separable one makes two or three)."""
+    return sum(isinstance(m, SameConv2d) for m in conv.modules())

@@ -8,6 +8,9 @@ A cell is built from a typed config (a dataclass that round-trips through the mo
 in two parts: ``prepare(x, res, fb)``, the terms that read only the inputs (the unroller reuses them
 while a layer's inputs repeat, e.g. a still image shown for several steps), and
 ``update(prepared, state)``, the recurrence itself. ``forward`` runs both.
+At a layer's last needed step (nothing reads its state afterwards) the unroller calls
+``prepare_output`` and ``output`` instead, which by default are ``prepare`` and ``update``'s output;
+cells whose state costs work the output does not need (the RGC's cell ``c``) skip it there.
 
 where ``x`` is the pre-memory output, ``state`` a tuple of tensors (empty for stateless cells),
 ``res`` the layer's feedforward input (for residual paths) and ``fb`` a dict from entry point
@@ -102,6 +105,17 @@ class Cell(nn.Module):
     def update(self, prepared: Any, state: State) -> tuple[Tensor, State]:
         """The recurrence: ``(prepared inputs, state at t-1) -> (out, state at t)``."""
         raise NotImplementedError
+
+    def prepare_output(self, x: Tensor, res: Tensor | None = None, fb: dict[str, Tensor] | None = None) -> Any:
+        """``prepare`` for a step whose new state will not be read (see :meth:`output`): cells may
+        leave out the terms only the state needs. Whatever ``prepare`` returns must also work in
+        :meth:`output` (a reused ``prepare`` result meets it there)."""
+        return self.prepare(x, res, fb)
+
+    def output(self, prepared: Any, state: State) -> Tensor:
+        """The output alone, at a layer's last needed step: the new state will not be read, so
+        cells may skip the work only the state needs (the RGC's cell update)."""
+        return self.update(prepared, state)[0]
 
     def forward(
         self, x: Tensor, state: State, res: Tensor | None = None, fb: dict[str, Tensor] | None = None

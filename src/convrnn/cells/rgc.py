@@ -212,6 +212,13 @@ class RGCCell(Cell):
 
     def prepare(self, x: Tensor, res: Tensor | None = None, fb: dict[str, Tensor] | None = None) -> _Inputs:
         """Everything that reads only x, r and the feedback: reused while they repeat."""
+        return self._prepare(x, res, fb, cell=True)
+
+    def prepare_output(self, x: Tensor, res: Tensor | None = None, fb: dict[str, Tensor] | None = None) -> _Inputs:
+        """``prepare`` without the cell's input terms (c_in and the add-ins to its gates)."""
+        return self._prepare(x, res, fb, cell=False)
+
+    def _prepare(self, x: Tensor, res: Tensor | None, fb: dict[str, Tensor] | None, cell: bool) -> _Inputs:
         # Add-in convolutions read r on the cell's map; ResidualAdd resizes (and projects) by itself.
         r = resize_to(res, self.hw) if res is not None else None
         f = self._fb(fb, "input")
@@ -221,7 +228,7 @@ class RGCCell(Cell):
         # The fused convolutions travel with the inputs: a step recomputed for activation
         # checkpointing (after another unroll may have begun) runs exactly as it first ran.
         p = _Inputs(fused=self._fused)
-        if self.cfg.use_cell:
+        if self.cfg.use_cell and cell:
             terms = []
             if self.cell_res is not None:
                 terms.append(self.cell_res(r))
@@ -243,8 +250,22 @@ class RGCCell(Cell):
         return p
 
     def update(self, p: _Inputs, state: State) -> tuple[Tensor, State]:
+        h_new, c_new = self._update(p, state, cell=True)
+        return h_new, ((c_new, h_new) if self.cfg.use_cell else (h_new,))
+
+    def output(self, p: _Inputs, state: State) -> Tensor:
+        """h_t alone: c_t and the convolutions only it reads (T_c, G_c; F and the add-ins in
+        ``prepare_output``) are skipped."""
+        return self._update(p, state, cell=False)[0]
+
+    def _update(self, p: _Inputs, state: State, cell: bool) -> tuple[Tensor, Tensor | None]:
         cfg = self.cfg
-        if cfg.use_cell:
+        c_new = None
+        if cfg.use_cell and not cell:
+            c, h = state
+            c_out = (self.out_gate or self.cell_to_out)(c)
+            tau_h = self.out_tau(h)
+        elif cfg.use_cell:
             c, h = state
             # Every convolution of a state reads the states of step t-1.
             c_to_out = self.out_gate or self.cell_to_out
@@ -280,7 +301,7 @@ class RGCCell(Cell):
         if self.out_norm is not None:
             h_new = self.out_norm(h_new)
         h_new = self.out_act(h_new)
-        return h_new, ((c_new, h_new) if cfg.use_cell else (h_new,))
+        return h_new, c_new
 
 
 @dataclass
