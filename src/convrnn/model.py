@@ -78,8 +78,10 @@ class ConvRNN(nn.Module):
         checkpoints, when the backward pass reaches it. Memory then grows with T / segment_steps +
         segment_steps instead of T, for more time (rgc_shallow, T=26, segments of 6: 1.98x the
         step without checkpointing, against 1.44x with the per-layer ones alone). These checkpoints are
-        reentrant: gradients come from ``loss.backward()`` (not ``torch.autograd.grad``), and
-        DistributedDataParallel needs ``static_graph=True``. Not used with BatchNorm layers in
+        reentrant: gradients come from ``loss.backward()`` (not ``torch.autograd.grad``), and under
+        DistributedDataParallel the gradients must be averaged after the backward pass (forward and
+        backward inside ``no_sync()``; ``static_graph=True`` gave wrong gradients), as ``convrnn
+        train --grad-checkpointing --segment-steps N`` does. Not used with BatchNorm layers in
         training.
         """
         if segment_steps is not None and (

@@ -117,11 +117,31 @@ def test_resume_after_kill_9_is_bit_identical(data, reference_run, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_two_processes_train_the_same_model_as_one(data, reference_run, tmp_path):
+CHECKPOINTING = ["--grad-checkpointing", "--segment-steps", "3"]
+
+
+def test_activation_checkpointing_trains_the_same_model(data, reference_run, tmp_path):
+    """Checkpointing (per layer and in segments) recomputes the same math: the same weights after
+    10 steps, to float rounding."""
+    out = tmp_path / "ckpt"
+    proc = run_cli(cli_args(data, out) + CHECKPOINTING)
+    assert proc.returncode == 0, proc.stderr
+    assert TrainConfig.load(out / "config.yaml").segment_steps == 3
+    a, b = final_weights(reference_run), final_weights(out)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize(
+    "extra", [[], CHECKPOINTING[:1], CHECKPOINTING], ids=["plain", "checkpointed-layers", "checkpointed-segments"]
+)
+def test_two_processes_train_the_same_model_as_one(data, reference_run, tmp_path, extra):
+    """Also with activation checkpointing; checkpointed segments backpropagate through each weight
+    once per segment, and their gradients are averaged after the backward pass."""
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "convrnn.cli", *cli_args(data, out)]
+    cmd += ["-m", "convrnn.cli", *cli_args(data, out), *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = final_weights(reference_run), final_weights(out)
@@ -146,6 +166,22 @@ def test_out_holding_another_config_is_refused_unless_forced(data, tmp_path):
     assert TrainConfig.load(out / "config.yaml").lr == 0.5
     # Same config, more steps allowed? No: max_steps is part of the config; workers is not.
     train(_cfg(data, out, lr=0.5, workers=1, force=False))
+    # Activation checkpointing computes the same math: a run may resume with it switched on.
+    train(_cfg(data, out, lr=0.5, grad_checkpointing=True, segment_steps=2, force=False))
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(segment_steps=3), "segment_steps: needs grad_checkpointing"),
+        (dict(grad_checkpointing=True, segment_steps=0), "segment_steps: must be >= 1"),
+    ],
+)
+def test_checkpointing_settings_are_validated(fields, message):
+    from convrnn.errors import SpecError
+
+    with pytest.raises(SpecError, match=message):
+        TrainConfig(**fields).validate()
 
 
 def test_nan_loss_stops_and_names_the_last_good_checkpoint(data, tmp_path, monkeypatch):

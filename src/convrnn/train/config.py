@@ -20,7 +20,18 @@ from convrnn.errors import SpecError
 from convrnn.serialize import from_data, to_data
 
 # Fields that do not change the numbers a run computes: a resumed run may differ in these.
-NON_SEMANTIC = {"workers", "force", "skip_bad_images", "log_every", "progress", "out"}
+# Activation checkpointing trades memory for time and computes the same math (gradients equal to
+# float rounding), so a run may resume with it switched on or off.
+NON_SEMANTIC = {
+    "workers",
+    "force",
+    "skip_bad_images",
+    "log_every",
+    "progress",
+    "out",
+    "grad_checkpointing",
+    "segment_steps",
+}
 
 
 @dataclass
@@ -58,6 +69,8 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast
     compile: bool = False  # torch.compile the model
     channels_last: bool = False
+    grad_checkpointing: bool = False  # keep each layer's step inputs only; run the step again in the backward pass
+    segment_steps: int | None = None  # with grad_checkpointing: also checkpoint the unroll in segments of N steps
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-identical resume on CPU)
     threads: int | None = None  # torch threads per process (default: torch's)
     train_size: int = 10000  # built-in task: images per split
@@ -71,13 +84,17 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "checkpoint_every", "keep_checkpoints", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every_steps"):
+        for name in ("max_steps", "eval_every_steps", "segment_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SpecError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise SpecError(f"lr: must be > 0, got {self.lr}")
         if self.clip_norm is not None and self.clip_value is not None:
             raise SpecError("clip_norm/clip_value: choose one way to clip gradients")
+        if self.segment_steps is not None and not self.grad_checkpointing:
+            raise SpecError(
+                "segment_steps: needs grad_checkpointing (segments run with the per-layer checkpoints inside)"
+            )
         if self.workers < 0:
             raise SpecError(f"workers: must be >= 0, got {self.workers}")
         return self

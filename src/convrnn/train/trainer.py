@@ -79,6 +79,17 @@ def readout_loss(model: ConvRNN, logits: Tensor, y: Tensor, kind: str) -> Tensor
     return F.cross_entropy(seq.flatten(0, 1), y.repeat(seq.shape[0]))
 
 
+def average_gradients(params: list[nn.Parameter], world: int) -> None:
+    """Average the gradients over the processes: one all-reduce of them all, flattened (a
+    parameter without a gradient has none on every process: the same graph runs everywhere)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    for g, v in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(v.view_as(g))
+
+
 def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -172,6 +183,8 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None 
     model = build_model(cfg.model, len(classes), image_size, cfg.width).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True, segment_steps=cfg.segment_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(
@@ -202,12 +215,20 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None 
     net: nn.Module = model
     if world > 1:
         has_unused = any(True for _ in model.decoder.parameters())  # a decoder's temperature gets no gradient
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=has_unused
+        net = ddp = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=has_unused,
         )
     if cfg.compile:
         net = torch.compile(net)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
+    # Checkpointed segments backpropagate through every weight once per segment, each in its own
+    # backward pass inside the outer one; DistributedDataParallel's gradient hooks (also with
+    # static_graph=True) then average wrong gradients. Under segments DDP only keeps the buffers
+    # in step, and the gradients are averaged after the backward pass.
+    own_sync = world > 1 and cfg.grad_checkpointing and cfg.segment_steps is not None
+    no_sync = ddp.no_sync if own_sync else nullcontext
 
     def checkpoint() -> None:
         nonlocal last_good
@@ -249,7 +270,7 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None 
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
+            with autocast, no_sync():
                 logits = net(x, times=cfg.times).logits
                 loss = readout_loss(model, logits, y, cfg.loss)
             finite = torch.isfinite(loss.detach()).float()
@@ -261,7 +282,10 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None 
                     f"loss became {loss.item()} at step {step + 1}; stopped; last good checkpoint: {where}", step + 1
                 )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            with no_sync():
+                loss.backward()
+            if own_sync:
+                average_gradients(params, world)
             if cfg.clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
             elif cfg.clip_value is not None:
