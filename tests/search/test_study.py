@@ -9,7 +9,15 @@ from optuna.trial import TrialState
 
 from convrnn.search.report import pareto_front, summary, trial_rows, write_report
 from convrnn.search.space import load_space
-from convrnn.search.study import SearchConfig, StudyError, _skip_reason, open_study, retry_callback, run_search
+from convrnn.search.study import (
+    SearchConfig,
+    StudyError,
+    _skip_reason,
+    make_pruner,
+    open_study,
+    retry_callback,
+    run_search,
+)
 
 BUDGET = dict(
     data="clutter",
@@ -135,3 +143,18 @@ def test_continuing_with_other_settings_is_refused(tmp_path):
     with pytest.raises(StudyError, match=r"--study fixed: .* made with other settings \(differs in train.width\)"):
         open_study(other, load_space())
     open_study(dataclasses.replace(cfg, trials=5, workers=2, heartbeat=2), load_space())  # not settings of a trial
+
+
+def test_default_pruner_is_the_measured_successive_halving():
+    """The default is what benchmarks/search_efficiency.py measured best (docs/search.md): successive
+    halving keeping 1 in 4, its first rung at the first report unless --min-resource says otherwise."""
+    cfg = SearchConfig(study="s")
+    pruner = make_pruner(cfg, first_report=50, total_steps=1000)
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
+    assert (pruner._min_resource, pruner._reduction_factor) == (50, 4)
+    pruner = make_pruner(dataclasses.replace(cfg, min_resource=75), first_report=50, total_steps=1000)
+    assert pruner._min_resource == 75
+    hyperband = make_pruner(dataclasses.replace(cfg, pruner="hyperband"), first_report=50, total_steps=1000)
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
+    no_pruning = dataclasses.replace(cfg, objective="accuracy-size")
+    assert isinstance(make_pruner(no_pruning, first_report=50, total_steps=1000), optuna.pruners.NopPruner)

@@ -60,10 +60,17 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     s.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="multivariate TPE (default) or random")
     s.add_argument("--startup-trials", type=int, default=10, help="TPE: random trials first (default 10)")
-    s.add_argument("--pruner", choices=("hyperband", "halving", "median", "threshold", "none"), default="hyperband")
+    s.add_argument(
+        "--pruner",
+        choices=("halving", "hyperband", "median", "threshold", "none"),
+        default="halving",
+        help="successive halving (default), Hyperband, median, threshold or none (docs/search.md)",
+    )
     s.add_argument("--prune-every", type=int, help="evaluate and report every N optimizer steps (default: each epoch)")
     s.add_argument("--min-resource", type=int, help="optimizer steps before a trial may be pruned")
-    s.add_argument("--reduction-factor", type=int, default=3, help="hyperband/halving: keep 1 in N per rung")
+    s.add_argument(
+        "--reduction-factor", type=int, default=4, help="halving/hyperband: keep 1 in N per rung (default 4)"
+    )
     s.add_argument("--prune-below", type=float, help="threshold pruner: stop trials below this top-1 accuracy")
     s.add_argument(
         "--objective",

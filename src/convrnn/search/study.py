@@ -76,10 +76,12 @@ class SearchConfig:
     workers: int = 1  # local worker processes
     sampler: Literal["tpe", "random"] = "tpe"
     startup_trials: int = 10  # TPE: random trials before the model takes over
-    pruner: Literal["hyperband", "halving", "median", "threshold", "none"] = "hyperband"
+    # Successive halving with reduction 4: measured against Hyperband and no pruning in
+    # benchmarks/search_efficiency.py (docs/search.md).
+    pruner: Literal["hyperband", "halving", "median", "threshold", "none"] = "halving"
     prune_every: int | None = None  # evaluate (and report) every N optimizer steps; None: every epoch
     min_resource: int | None = None  # optimizer steps before a trial may be pruned; None: the first report
-    reduction_factor: int = 3  # hyperband / halving: keep 1 in this many at each rung
+    reduction_factor: int = 4  # halving / hyperband: keep 1 in this many at each rung
     prune_below: float | None = None  # threshold pruner: accuracy under which a trial stops
     objective: Literal["accuracy", "accuracy-size"] = "accuracy"  # accuracy-size: also minimise parameters
     heartbeat: int = 10  # seconds between a running trial's heartbeats
