@@ -225,9 +225,8 @@ def main() -> None:
         "fast, bf16 autocast": train_step(build(args), x, y, T, bf16=True),
     }
     secs = interleaved(steps, args.rounds)
-    # The fused gate convolutions count 2.7% more FLOPs (a fused convolution's backward also runs
-    # for a half whose output is unused at a layer's last step); their time is compared with the
-    # fast step's useful FLOPs.
+    # The fused gate convolutions do the same FLOPs (a layer's last step, which reads one half of
+    # each fused pair only, runs its convolutions separately).
     flops = {"naive": flops_of(steps["naive"]), "fast": flops_of(steps["fast"])}
     convs = record_convs(steps["fast"])  # the fast step's convolution calls, for the peak and the bound
     peak32, src32 = peak(convs, torch.float32, args.rounds)
