@@ -6,6 +6,7 @@ import torch
 import convrnn
 from convrnn.cells import RGCCell
 from convrnn.data.presentation import make_stimulus
+from convrnn.graph import Layer
 from convrnn.memory import peak_memory_bytes
 from convrnn.unroll import last_needed_steps
 
@@ -68,25 +69,24 @@ def test_each_layers_last_needed_step_computes_its_output_alone(monkeypatch, fas
     """The fast schedule runs each layer's last needed step as Cell.output (no new state): once per
     layer, at the step last_needed_steps gives; the naive schedule never."""
     model = _tiny("rgc_shallow", fast=fast)
+    step = dict.fromkeys(model.layers, -1)  # each layer's current step
     seen: list[tuple[str, int]] = []
-    names = {id(layer.cell): name for name, layer in model.layers.items()}
-    output = type(model.layers["conv2"].cell).output
+    forward, output = Layer.forward, RGCCell.output
 
-    def spy(cell, prepared, state):
-        seen.append((names[id(cell)], steps[names[id(cell)]]))
+    def counting_forward(layer, *args, **kw):
+        step[layer.name] += 1
+        return forward(layer, *args, **kw)
+
+    def recording_output(cell, prepared, state):
+        name = next(n for n, layer in model.layers.items() if layer.cell is cell)
+        seen.append((name, step[name]))
         return output(cell, prepared, state)
 
-    steps = dict.fromkeys(model.layers, -1)
-    run = type(model.layers["conv2"]).forward
-
-    def count(layer, *args, **kw):
-        steps[layer.name] += 1
-        return run(layer, *args, **kw)
-
-    monkeypatch.setattr(type(model.layers["conv2"].cell), "output", spy)
-    monkeypatch.setattr(type(model.layers["conv2"]), "forward", count)
+    monkeypatch.setattr(Layer, "forward", counting_forward)
+    monkeypatch.setattr(RGCCell, "output", recording_output)
     model(torch.randn(2, 3, 32, 32), times=9)
-    rgc = [n for n, layer in model.layers.items() if type(layer.cell) is type(model.layers["conv2"].cell)]
+    rgc = [n for n, layer in model.layers.items() if isinstance(layer.cell, RGCCell)]
+    assert len(rgc) >= 2
     last = last_needed_steps(model.spec, {"imnetds": 8}, "biological")
     assert sorted(seen) == (sorted((n, last[n]) for n in rgc) if fast else [])
 
