@@ -76,7 +76,7 @@ class ConvRNN(nn.Module):
         (about the square root of the steps unrolled is best): only the outputs and states between
         segments are kept through the forward pass, and each segment runs again, with the per-layer
         checkpoints, when the backward pass reaches it. Memory then grows with T / segment_steps +
-        segment_steps instead of T, for more time (rgc_shallow, T=26, segments of 6: 1.98x the
+        segment_steps instead of T, for more time (rgc_shallow, T=26, segments of 6: 1.96x the
         step without checkpointing, against 1.44x with the per-layer ones alone). These checkpoints are
         reentrant: gradients come from ``loss.backward()`` (not ``torch.autograd.grad``), and under
         DistributedDataParallel the gradients must be averaged after the backward pass (forward and
