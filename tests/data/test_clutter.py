@@ -1,15 +1,44 @@
-"""The cluttered-digits generator: determinism, splits, occlusion bound, cache, dataset."""
+"""The cluttered-digits generator: determinism, splits, occlusion bound, cache, per-image meta, dataset."""
 
 from __future__ import annotations
+
+import gzip
+import struct
 
 import numpy as np
 import pytest
 import torch
 
-from convrnn.data import clutter
-from convrnn.data.clutter import ClutterConfig, ClutterDataset, generate, load_clutter
+from convrnn.data import clutter, fashion
+from convrnn.data.clutter import ClutterConfig, ClutterDataset, generate, load_clutter, load_clutter_meta
 
 pytest.importorskip("sklearn")
+
+
+def _have_fashion() -> str | None:
+    """None if the real Fashion-MNIST files are installed, else why not (as tests/data/test_fashion.py does)."""
+    try:
+        fashion.fashion_files("train")
+        fashion.fashion_files("test")
+    except FileNotFoundError as e:
+        return str(e)
+    return None
+
+
+MISSING = _have_fashion()
+needs_fashion = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+META = {"occluded": np.float32, "debris": np.int64, "exemplar": np.int64}
+
+
+@pytest.fixture
+def fresh_banks():
+    """Garment banks and fingerprints are cached per process: clear them around tests that use other files."""
+    caches = (clutter._bank, clutter._fashion_bank, clutter._fashion_fingerprint)
+    for f in caches:
+        f.cache_clear()
+    yield
+    for f in caches:
+        f.cache_clear()
 
 
 def test_same_seed_same_bytes_other_seed_or_split_differs():
@@ -20,6 +49,27 @@ def test_same_seed_same_bytes_other_seed_or_split_differs():
     assert not np.array_equal(a_img, c_img)
     v_img, _ = generate(64, seed=3, split="val")
     assert not np.array_equal(a_img, v_img)
+
+
+def test_test_split_is_deterministic_and_differs_from_val_and_train():
+    t_img, t_lab = generate(32, seed=3, split="test")
+    again, again_lab = generate(32, seed=3, split="test")
+    assert t_img.tobytes() == again.tobytes() and t_lab.tobytes() == again_lab.tobytes()
+    assert t_img.shape == (32, 32, 32) and t_img.dtype == np.uint8
+    v_img, _ = generate(32, seed=3, split="val")
+    assert not any(np.array_equal(t, v) for t in t_img for v in v_img)  # no test image is a val image
+    assert not np.array_equal(t_img, generate(32, seed=3)[0])
+    assert not np.array_equal(t_img, generate(32, seed=4, split="test")[0])
+    assert clutter.cache_path("test", 32, 3).name.startswith("clutter-test-32px-n32-s3-")
+    assert clutter.cache_path("test", 32, 3) != clutter.cache_path("val", 32, 3)
+
+
+def test_test_split_draws_the_held_out_handwriting():
+    train, val = clutter._exemplar_indices("train"), clutter._exemplar_indices("val")
+    assert np.array_equal(clutter._exemplar_indices("test"), val)
+    assert clutter._bank("test", "digits") is clutter._bank("val", "digits")  # one bank, built once
+    targets = clutter._generate(40, 0, "test", ClutterConfig(source="handwritten"))["exemplar"]
+    assert (targets >= 0).all() and set(targets) <= set(val) and not set(targets) & set(train)
 
 
 def test_images_do_not_depend_on_thread_count(monkeypatch):
@@ -127,10 +177,16 @@ def test_digits_match_sklearn():
 
 
 def test_bad_split_and_n():
-    with pytest.raises(ValueError, match="split"):
-        generate(4, 0, split="test")
-    with pytest.raises(ValueError, match="split"):
-        load_clutter("validation", 4)
+    for call in (
+        lambda: generate(4, 0, split="testing"),
+        lambda: load_clutter("validation", 4),
+        lambda: load_clutter_meta("Test", 4),
+        lambda: clutter.cache_path("eval", 4),
+        lambda: ClutterDataset("holdout", 4),
+    ):
+        with pytest.raises(ValueError, match=r"split must be one of \('train', 'val', 'test'\)") as info:
+            call()
+        assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="n must"):
         generate(-1, 0)
 
@@ -147,6 +203,7 @@ def test_cache_round_trip(tmp_path, monkeypatch):
         raise AssertionError("regenerated instead of loading the cache")
 
     monkeypatch.setattr(clutter, "generate", no_generation)
+    monkeypatch.setattr(clutter, "_generate", no_generation)
     again, again_labels = load_clutter("val", 30, seed=7, config=cfg, cache_dir=tmp_path)
     assert np.array_equal(images, again) and np.array_equal(labels, again_labels)
     assert again.dtype == np.uint8 and again_labels.dtype == np.int64
@@ -192,3 +249,103 @@ def test_dataset_is_normalised_three_channel(tmp_path):
     torch.testing.assert_close(x * std + mean, gray.expand(3, -1, -1))
     # Background pixels sit at -mean/std in every channel.
     assert torch.allclose(x[:, 0, 0], -mean[:, 0, 0] / std[:, 0, 0]) or ds.images[3][0, 0] != 0
+
+
+def test_meta_matches_generate_and_survives_the_cache(tmp_path, monkeypatch):
+    cfg = ClutterConfig(debris=8, occlusion=0.2)
+    meta = load_clutter_meta("test", 24, seed=5, config=cfg, cache_dir=tmp_path)
+    assert set(meta) == {"images", "labels", *META}
+    assert meta["images"].shape == (24, 32, 32) and meta["images"].dtype == np.uint8
+    assert meta["labels"].shape == (24,) and meta["labels"].dtype == np.int64
+    for k, dtype in META.items():
+        assert meta[k].shape == (24,) and meta[k].dtype == dtype, k
+    ref = clutter._generate(24, 5, "test", cfg)
+    for k in ("images", "labels", "debris", "exemplar"):
+        assert np.array_equal(meta[k], ref[k]), k
+    assert np.array_equal(meta["occluded"], ref["occluded"].astype(np.float32))
+    assert (meta["occluded"] >= 0).all() and (meta["occluded"] <= np.float32(0.2)).all()
+    assert (meta["debris"] >= 0).all() and (meta["debris"] <= 8).all()
+    path = clutter.cache_path("test", 24, 5, cfg, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # one file, no temporary left behind
+    with np.load(path) as z:
+        assert set(z.files) == {"images", "labels", "knobs", *META}
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("regenerated instead of loading the cache")
+
+    monkeypatch.setattr(clutter, "_generate", no_generation)
+    again = load_clutter_meta("test", 24, seed=5, config=cfg, cache_dir=tmp_path)
+    for k in meta:
+        assert again[k].dtype == meta[k].dtype and np.array_equal(again[k], meta[k]), k
+    images, labels = load_clutter("test", 24, seed=5, config=cfg, cache_dir=tmp_path)
+    assert np.array_equal(images, meta["images"]) and np.array_equal(labels, meta["labels"])
+    ds = ClutterDataset("test", 24, seed=5, config=cfg, cache_dir=tmp_path)
+    assert set(ds.meta) == set(META)
+    for k in META:
+        assert np.array_equal(ds.meta[k], meta[k]), k
+
+
+def test_old_format_cache_file_is_regenerated(tmp_path, monkeypatch):
+    # What the older code wrote: images, labels and knobs only, under the same name (the key did not change).
+    path = clutter.cache_path("train", 12, 4, ClutterConfig(), tmp_path)
+    images, labels = generate(12, 4)
+    knobs = clutter._knobs("train", 12, 4, ClutterConfig())
+    np.savez(path, images=images, labels=labels, knobs=np.array(knobs))
+    calls = []
+    real = clutter._generate
+    monkeypatch.setattr(clutter, "_generate", lambda *a: calls.append(a) or real(*a))
+    got_images, got_labels = load_clutter("train", 12, seed=4, cache_dir=tmp_path)
+    assert len(calls) == 1 and np.array_equal(got_images, images) and np.array_equal(got_labels, labels)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # rewritten in place, with the meta arrays
+    with np.load(path) as z:
+        assert set(META) <= set(z.files) and str(z["knobs"]) == knobs
+    meta = load_clutter_meta("train", 12, seed=4, cache_dir=tmp_path)
+    assert len(calls) == 1  # now a cache hit
+    assert np.array_equal(meta["debris"], real(12, 4, "train", ClutterConfig())["debris"])
+
+
+def test_cache_file_with_a_short_meta_array_is_regenerated(tmp_path):
+    path = clutter.cache_path("val", 6, 2, ClutterConfig(), tmp_path)
+    good = load_clutter_meta("val", 6, seed=2, cache_dir=tmp_path)
+    bad = dict(good, debris=good["debris"][:3])
+    np.savez(path, **bad, knobs=np.array(clutter._knobs("val", 6, 2, ClutterConfig())))
+    again = load_clutter_meta("val", 6, seed=2, cache_dir=tmp_path)
+    assert np.array_equal(again["debris"], good["debris"])
+
+
+def _fake_fashion(folder) -> None:
+    """A few random 'garments' per class in both Fashion-MNIST files (only the real ones are 60,000 + 10,000)."""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 30)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        images[:, 4:24, 6:22] = np.maximum(images[:, 4:24, 6:22], 60)  # a solid body in every photograph
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        for name, arr in (("images-idx3-ubyte", images), ("labels-idx1-ubyte", labels)):
+            raw = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+            (folder / f"{prefix}-{name}.gz").write_bytes(gzip.compress(raw))
+
+
+@pytest.mark.filterwarnings("ignore:.*images, the (train|test) split has:UserWarning")
+def test_garment_test_split_uses_the_test_photographs(tmp_path, monkeypatch, fresh_banks):
+    _fake_fashion(tmp_path)
+    monkeypatch.setenv("CONVRNN_FASHION_MNIST", str(tmp_path))
+    cfg = ClutterConfig(objects="fashion")
+    assert clutter._bank("test", "fashion") is clutter._bank("val", "fashion")
+    assert np.array_equal(clutter._bank("test", "fashion").origin, np.arange(30))  # the whole (fake) test file
+    assert clutter._knobs("test", 8, 1, cfg).replace('"test"', '"val"') == clutter._knobs("val", 8, 1, cfg)
+    meta = load_clutter_meta("test", 16, seed=1, config=cfg, cache_dir=tmp_path / "cache")
+    _, test_labels = fashion.load_fashion_mnist("test")
+    assert np.array_equal(test_labels[meta["exemplar"]], meta["labels"])  # the target is a test photograph
+    assert not np.array_equal(meta["images"], generate(16, 1, "val", cfg)[0])
+    assert (tmp_path / "cache" / clutter.cache_path("test", 16, 1, cfg).name).is_file()
+
+
+@needs_fashion
+def test_real_garment_test_split(tmp_path):
+    cfg = ClutterConfig(objects="fashion")
+    a = load_clutter_meta("test", 24, seed=2, config=cfg, cache_dir=tmp_path)
+    b, _ = generate(24, 2, "test", cfg)
+    assert a["images"].tobytes() == b.tobytes()
+    assert not np.array_equal(b, generate(24, 2, "val", cfg)[0])
+    _, test_labels = fashion.load_fashion_mnist("test")
+    assert np.array_equal(test_labels[a["exemplar"]], a["labels"])

@@ -25,7 +25,16 @@ sampling its field (bilinear) through a random affine map (scale, rotation, shea
 it softly: the threshold sets the stroke width, and a lower threshold of the same field gives the outline.
 The handwritten exemplars are split 80/20 per class by a fixed permutation: "train" and "val" use disjoint
 exemplars (1,437 and 360, for every digit in the image, not just the target) and different random streams,
-so validation measures generalisation to other writers. The font glyphs (one typeface) are in both splits.
+so validation measures generalisation to digits never seen in training. (To other exemplars, not other
+writers: ``load_digits`` is the UCI test set, written by 13 people, and carries no writer ids, so the same
+hands are on both sides.) The font glyphs (one typeface) are in every split.
+
+**Test split.** "test" draws from the same held-out pool as "val" (the 360 held-out handwritten exemplars;
+garments: Fashion-MNIST's test photographs) but from its own random stream, so its images are other images
+than val's, never used for training nor for choosing a model: report final numbers on it. The held-out
+*exemplars* are shared with val (there are only 360), so test and val differ in every draw (classes, poses,
+distractors, debris, which exemplar) but not in the pool of digit shapes. Train and val images are what they
+were before "test" existed (same bytes, same cache files).
 
 **Garments** (``objects="fashion"``; the default ``"digits"`` is everything above, unchanged). Targets,
 distractors and debris are Fashion-MNIST photographs (:mod:`convrnn.data.fashion`; 10 classes, "T-shirt/top"
@@ -35,23 +44,35 @@ intensity) inside its silhouette (the pixels above 8/255 with their holes filled
 silhouette, not a stroke threshold, decides what it hides (``stroke`` and ``source`` apply to digits only),
 and the occlusion bound counts the target's silhouette pixels. The photographs' own split is kept: "train"
 images draw from Fashion-MNIST's training set (1,200 photographs per class, a fixed balanced subset of its
-60,000, which keeps the exemplar bank within float32-exact indexing), "val" from its 10,000 test photographs.
-The files must be installed (``apt-get install dataset-fashion-mnist``; otherwise a one-line error says so).
+60,000, which keeps the exemplar bank within float32-exact indexing), "val" and "test" from its 10,000 test
+photographs. The files must be installed (``apt-get install dataset-fashion-mnist``; otherwise a one-line
+error says so).
 Garment images also depend on the Fashion-MNIST files (their hash is part of the cache key) and SciPy (hole
 filling). 10,000 of them took 7.2 s at 32 px (reading the files and building the bank included, once per
 process) and 10.9 s at 48 px, measured while the 2-core machine was shared with other jobs.
 
 **Determinism.** Images depend only on (n, seed, split, config) and the numpy / Pillow / scikit-learn
-versions. Each chunk of images has its own ``numpy.random.Generator`` seeded from (seed, split, chunk index),
-so the thread pool that renders chunks in parallel does not change the result, whatever the number of CPUs;
+versions. Each chunk of images has its own ``numpy.random.Generator`` seeded from (seed, the split's index
+in ``SPLITS``: 0 train, 1 val, 2 test, chunk index), so the thread pool that renders chunks in parallel does
+not change the result, whatever the number of CPUs;
 no global RNG is touched. The pixel path uses only correctly rounded elementwise float operations (no BLAS,
 no vectorised transcendental functions), so different CPUs give byte-identical images.
 
 **Speed and cache** (measured on the 2-core development machine): 10,000 images take 1.0 s at 32 px and
 4.4 s at 64 px (1.9 s and 8.5 s on one thread), plus 0.3 s once per process to prepare the digits.
-:func:`load_clutter` caches them as ``.npz`` (uint8 ``images``, int64 ``labels``, the ``knobs`` as JSON; 10 MB
-for 10,000 images at 32 px) in ``cache_dir`` (default ``$CONVRNN_CACHE``, else ``~/.cache/convrnn``), written
-under a temporary name then renamed, named by a hash of every knob; loading them again takes 5-8 ms.
+:func:`load_clutter` caches them as ``.npz`` (uint8 ``images``, int64 ``labels``, the meta arrays below, the
+``knobs`` as JSON; 10 MB for 10,000 images at 32 px) in ``cache_dir`` (default ``$CONVRNN_CACHE``, else
+``~/.cache/convrnn``), written under a temporary name then renamed, named by a hash of every knob; loading
+them again takes 5-8 ms. A file written before the meta arrays were cached (images and labels only) is
+regenerated, into the same name, on first use.
+
+**Per-image meta** (:func:`load_clutter_meta`, ``ClutterDataset.meta``), for analysing accuracy by difficulty:
+``occluded`` (float32) is the fraction of the target's stroke pixels (a garment's silhouette pixels) hidden by
+debris, as the occlusion bound measures it (at most ``occlusion``); ``debris`` (int64) the number of fragments
+drawn in front (at most ``debris``: a fragment that would break the bound in all 20 tries is left out, so a
+low count marks a target that was hard to avoid); ``exemplar`` (int64) the target's index in
+``sklearn.datasets.load_digits()`` (-1 for a font glyph; garments: its index in the Fashion-MNIST file the split
+reads), which tells handwritten from font targets and finds repeated exemplars.
 
 **Difficulty** (measured on the development machine, default config, 32 px): a small feed-forward CNN
 (3 conv layers 3x3 with 16/32/32 channels, each with BatchNorm and ReLU, 2x2 max-pooling after the first two;
@@ -72,6 +93,7 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -100,9 +122,10 @@ __all__ = [
     "default_cache_dir",
     "generate",
     "load_clutter",
+    "load_clutter_meta",
 ]
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")  # the index is the split's seed offset: never reorder, only append
 SOURCES = ("handwritten", "font", "both")
 OBJECTS = ("digits", "fashion")
 CLASSES = [str(d) for d in range(10)]
@@ -209,6 +232,11 @@ def _check_split(split: str) -> int:
     return SPLITS.index(split)
 
 
+def _pool(split: str) -> str:
+    """The exemplar pool ``split`` draws from: "train" its own, "val" and "test" the held-out one ("val")."""
+    return "train" if _check_split(split) == 0 else "val"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Ink fields: every digit exemplar as a smooth (FIELD, FIELD) map in [0, 1], digit GLYPH px tall and centred.
 
@@ -299,7 +327,7 @@ def _exemplar_indices(split: str) -> np.ndarray:
     """Indices into ``sklearn.datasets.load_digits()`` of the handwritten exemplars that ``split`` draws.
 
     A fixed permutation per class puts 80% in "train" and 20% in "val"; the two are disjoint and cover all
-    1,797. Sorted ascending.
+    1,797. "test" draws the same held-out 20% as "val". Sorted ascending.
     """
     which = _check_split(split)
     labels = _handwritten()[1]
@@ -342,8 +370,12 @@ def _class_table(labels: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarra
     return order + offset, start, count
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def _bank(split: str, objects: str = "digits") -> _Bank:
+    """The exemplars ``split`` draws; "test" shares "val"'s bank (the same object: built once, as long as callers
+    pass ``objects`` positionally like :func:`_generate`, since lru_cache keys ``f(a)`` and ``f(a, b)`` apart)."""
+    if _pool(split) != split:
+        return _bank(_pool(split), objects)
     if objects == "fashion":
         return _fashion_bank(split)
     hand_fields, hand_labels = _handwritten()
@@ -377,10 +409,10 @@ def _blur_stack(a: np.ndarray, sigma: float) -> np.ndarray:
 def _fashion_indices(split: str, labels: np.ndarray) -> np.ndarray:
     """Which photographs of the Fashion-MNIST file a split's bank holds, sorted ascending.
 
-    "val" takes the whole test file; "train" a fixed balanced subset of the training file (the bank's flat
-    indices must stay exact in float32, see :func:`_render`, which caps it near 12,900 photographs).
+    "val" and "test" take the whole test file; "train" a fixed balanced subset of the training file (the bank's
+    flat indices must stay exact in float32, see :func:`_render`, which caps it near 12,900 photographs).
     """
-    if _check_split(split) == 1:
+    if _check_split(split) != 0:
         return np.arange(len(labels))
     rng = np.random.Generator(np.random.PCG64(_FASHION_SPLIT_SEED))
     picked = [rng.permutation(np.flatnonzero(labels == c))[:_FASHION_PER_CLASS] for c in range(10)]
@@ -644,7 +676,8 @@ def _generate(n: int, seed: int, split: str, config: ClutterConfig) -> dict[str,
     bank = _bank(split, config.objects)
     # Chunks of about _CHUNK_PIXELS pixels, each with its own random stream derived from (seed, split, chunk):
     # chunks are independent, so a thread pool renders them in parallel (numpy releases the GIL) and the
-    # images do not depend on how many threads there are. Train and val get unrelated streams.
+    # images do not depend on how many threads there are. Train, val and test get unrelated streams (the split's
+    # index in SPLITS is part of the seed: train and val keep the streams they had before "test" was added).
     per_chunk = max(1, _CHUNK_PIXELS // config.image_size**2)
     sizes = [min(per_chunk, n - start) for start in range(0, n, per_chunk)] or [0]
 
@@ -669,8 +702,9 @@ def generate(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` cluttered-digit images, uint8 (n, H, W) with background 0, and their int64 labels (n,).
 
-    The same (n, seed, split, config) gives byte-identical arrays. ``split`` is "train" or "val": different
-    random streams and disjoint handwritten exemplars.
+    The same (n, seed, split, config) gives byte-identical arrays. ``split`` is "train", "val" or "test": each
+    its own random stream; "val" and "test" draw the handwritten exemplars (garments: photographs) held out from
+    "train".
     """
     out = _generate(n, seed, split, config)
     return out["images"], out["labels"]
@@ -693,7 +727,8 @@ def default_cache_dir() -> Path:
 
 @lru_cache(maxsize=4)
 def _fashion_fingerprint(split: str, folder: str) -> str:
-    """The hash of the Fashion-MNIST files a split draws from (read once per process and folder)."""
+    """The hash of the Fashion-MNIST files a split draws from (read once per process and folder; :func:`_knobs`
+    passes "test" as "val", which reads the same files)."""
     from convrnn.data.fashion import fashion_fingerprint
 
     return fashion_fingerprint("train" if _check_split(split) == 0 else "test", folder)
@@ -722,7 +757,7 @@ def _knobs(split: str, n: int, seed: int, config: ClutterConfig) -> str:
     else:
         from convrnn.data.fashion import fashion_dir
 
-        knobs["fashion"] = _fashion_fingerprint(split, str(fashion_dir()))
+        knobs["fashion"] = _fashion_fingerprint(_pool(split), str(fashion_dir()))
         knobs["scipy"] = importlib.metadata.version("scipy")
     return json.dumps(knobs, sort_keys=True)
 
@@ -738,15 +773,69 @@ def cache_path(
     return root / f"{kind}-{split}-{config.image_size}px-n{n}-s{seed}-{digest}.npz"
 
 
-def _read(path: Path, knobs: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cached arrays, or None if the file is missing, unreadable or for other knobs."""
+# What a cache file holds besides ``knobs``, and each array's dtype.
+_ARRAYS = {"images": np.uint8, "labels": np.int64, "occluded": np.float32, "debris": np.int64, "exemplar": np.int64}
+_META = ("occluded", "debris", "exemplar")
+
+
+def _read(path: Path, knobs: str) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None if the file is missing, unreadable, for other knobs, or lacks an array (a
+    file written before the meta arrays were cached holds only images and labels: it is regenerated)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["knobs"]) != knobs:
                 return None
-            return z["images"], z["labels"]
-    except (OSError, KeyError, ValueError, EOFError):
+            out = {k: z[k] for k in _ARRAYS}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         return None
+    n = len(out["labels"])
+    for k, dtype in _ARRAYS.items():
+        a = out[k]
+        if a.dtype != dtype or a.ndim != (3 if k == "images" else 1) or len(a) != n:
+            return None
+    return out
+
+
+def _write(path: Path, arrays: dict[str, np.ndarray], knobs: str) -> None:
+    """Save ``arrays`` and ``knobs`` under a temporary name, then rename: a reader never sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays, knobs=np.array(knobs))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_clutter_meta(
+    split: str,
+    n: int,
+    seed: int = 0,
+    config: ClutterConfig = ClutterConfig(),
+    cache_dir: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """The images of :func:`load_clutter` with what made each one hard, from the same cache file.
+
+    Returns ``images`` (uint8 (n, H, W)), ``labels`` (int64 (n,)) and, per image, ``occluded`` (float32: the
+    fraction of the target's stroke pixels, a garment's silhouette pixels, hidden by debris; at most
+    ``config.occlusion`` up to float32 rounding), ``debris`` (int64: fragments drawn, at most ``config.debris``;
+    fewer where a fragment would have hidden too much) and ``exemplar`` (int64: the target's index in
+    ``sklearn.datasets.load_digits()``, -1 for a font glyph; garments: its index in the Fashion-MNIST file the
+    split draws from). A cache file that lacks the meta arrays (written by an older version) is regenerated.
+    """
+    path = cache_path(split, n, seed, config, cache_dir)
+    knobs = _knobs(split, n, seed, config)
+    cached = _read(path, knobs)
+    if cached is not None:
+        return cached
+    out = _generate(n, seed, split, config)
+    arrays = {k: np.ascontiguousarray(out[k], dtype=dtype) for k, dtype in _ARRAYS.items()}
+    _write(path, arrays, knobs)
+    return arrays
 
 
 def load_clutter(
@@ -758,37 +847,24 @@ def load_clutter(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`generate`, cached on disk: the first call writes an ``.npz``, later calls load it.
 
-    The file (uint8 ``images``, int64 ``labels``, ``knobs`` JSON) is named by a hash of every knob and written
-    under a temporary name then renamed, so a reader never sees a partial file and concurrent writers are safe.
+    The file (uint8 ``images``, int64 ``labels``, the meta arrays of :func:`load_clutter_meta`, ``knobs`` JSON)
+    is named by a hash of every knob and written under a temporary name then renamed, so a reader never sees a
+    partial file and concurrent writers are safe.
     """
-    path = cache_path(split, n, seed, config, cache_dir)
-    knobs = _knobs(split, n, seed, config)
-    cached = _read(path, knobs)
-    if cached is not None:
-        return cached
-    images, labels = generate(n, seed, split, config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, images=images, labels=labels, knobs=np.array(knobs))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return images, labels
+    out = load_clutter_meta(split, n, seed, config, cache_dir)
+    return out["images"], out["labels"]
 
 
 class ClutterDataset(Dataset):
     """Cluttered digits (or garments) as a torch dataset: (float32 (3, H, W) ImageNet-normalised image, label).
 
     The gray image is scaled to [0, 1], replicated to 3 channels and normalised with the ImageNet mean and
-    std, like every other input to the models. Images come from :func:`load_clutter` (cached on disk).
+    std, like every other input to the models. Images come from :func:`load_clutter_meta` (cached on disk);
+    ``meta`` holds its per-image ``occluded``, ``debris`` and ``exemplar`` arrays, for analysis by difficulty.
     """
 
     classes: list[str]
+    meta: dict[str, np.ndarray]
 
     def __init__(
         self,
@@ -799,7 +875,9 @@ class ClutterDataset(Dataset):
         cache_dir: str | Path | None = None,
     ) -> None:
         self.split, self.config = split, config
-        self.images, self.labels = load_clutter(split, n, seed, config, cache_dir)
+        out = load_clutter_meta(split, n, seed, config, cache_dir)
+        self.images, self.labels = out["images"], out["labels"]
+        self.meta = {k: out[k] for k in _META}  # per image: occluded, debris, exemplar (see load_clutter_meta)
         self.classes = classes(config)
         self.targets = self.labels.tolist()
         self._mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
