@@ -12,6 +12,7 @@ from convrnn.data import fashion
 from convrnn.experiment import cells
 from convrnn.experiment.cells import ExperimentError, Scale, build_spec, count_params, match_width, plan, report, run
 from convrnn.spec import Conv
+from convrnn.zoo.sizing import WIDTH_GRID
 
 # Smaller than --quick, through the same code path: 64 training images, one epoch of 4 steps.
 TINY = Scale(
@@ -63,7 +64,7 @@ def test_match_width_finds_the_closest_count():
     assert match_width(build, target, start=0.1) == (0.5, target)  # reached by doubling, then bisection
     assert match_width(build, target, start=2.0) == (0.5, target)  # from above
     width, params = match_width(build, target + 1, start=0.1)  # between two grid points: the closer one
-    step = 1 / cells.WIDTH_GRID
+    step = 1 / WIDTH_GRID
     below, above = count_params(build(0.5)), count_params(build(0.5 + step))
     assert (width, params) == min(((0.5, below), (0.5 + step, above)), key=lambda wp: abs(wp[1] - target - 1))
 
