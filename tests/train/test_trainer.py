@@ -272,3 +272,74 @@ def test_bf16_channels_last_and_a_spec_file_as_model(data, tmp_path):
     assert result["step"] == 4 and np.isfinite(result["decoded_top1"])
     with pytest.raises(ValueError, match=r"the spec is for 32px .* the data need 48px"):
         train(_cfg(data, tmp_path / "r2", model=str(tmp_path / "m.yaml"), width=None, image_size=48))
+
+
+def _plateau_cfg(data: Path, out: Path) -> TrainConfig:
+    # delta 1.0 cannot be reached: every evaluation after the first is a plateau (patience 1), so the rate
+    # drops after the evaluations at steps 4 and 6, and the one at step 8 ends the run.
+    return _cfg(
+        data,
+        out,
+        schedule="plateau",
+        eval_every=10**6,
+        eval_every_steps=2,
+        max_steps=40,
+        plateau_patience=1,
+        plateau_delta=1.0,
+        plateau_drops=2,
+        lr=0.05,
+        log_every=1,
+        deterministic=True,
+        threads=1,
+    )
+
+
+def test_plateau_schedule_drops_the_rate_then_stops(data, tmp_path):
+    out = tmp_path / "plateau"
+    res = train(_plateau_cfg(data, out))
+    assert res["step"] == 8 and res["stop"] == "plateau" and res["plateau"]["drops"] == 2
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["action"]) for r in recs if r["event"] == "plateau"] == [
+        (4, "drop"),
+        (6, "drop"),
+        (8, "stop"),
+    ]
+    lr = {r["step"]: r["lr"] for r in recs if r["event"] == "train"}
+    assert lr[4] == pytest.approx(0.05) and lr[5] == pytest.approx(0.005) and lr[7] == pytest.approx(0.0005)
+    assert (out / "final" / "model.safetensors").exists()
+    # A run stopped by the rule cannot go on: the stop is in its last checkpoint.
+    assert load_latest(out)[1]["plateau"]["stopped"] is True
+    assert train(_plateau_cfg(data, out))["step"] == 8
+
+
+def test_plateau_schedule_resumes_exactly(data, tmp_path):
+    """The rule's state is part of every checkpoint: a run interrupted after the first drop (the step-6
+    checkpoint is never written) resumes from step 4 and ends with the same weights."""
+    ref = tmp_path / "ref"
+    train(_plateau_cfg(data, ref))
+    out = tmp_path / "resumed"
+
+    def interrupt(step: int, acc) -> None:
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_plateau_cfg(data, out), on_eval=interrupt)
+    assert load_latest(out)[1]["step"] == 4 and load_latest(out)[1]["plateau"]["drops"] == 1
+    train(_plateau_cfg(data, out))
+    a, b = final_weights(ref), final_weights(out)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"plateau_patience": 0}, "plateau_patience"),
+        ({"plateau_factor": 1.0}, "plateau_factor"),
+        ({"plateau_delta": -0.1}, "plateau_delta"),
+    ],
+)
+def test_plateau_settings_are_validated(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**fields).validate()

@@ -57,9 +57,16 @@ class TrainConfig:
     weight_decay: float = 1e-4
     clip_norm: float | None = 1.0
     clip_value: float | None = None
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    schedule: Literal["cosine", "step", "constant", "plateau"] = "cosine"
     warmup_steps: int = 0
     step_every: int = 30  # epochs between x0.1 drops with schedule="step"
+    # schedule="plateau": constant after the warm-up; when validation top-1 (the decoded readout) has not
+    # risen by plateau_delta over plateau_patience evaluations, the rate is multiplied by plateau_factor;
+    # the plateau after plateau_drops such drops ends the run (epochs/max_steps stay the cap).
+    plateau_patience: int = 3  # evaluations
+    plateau_delta: float = 0.005  # top-1 as a fraction: 0.005 = half a point
+    plateau_factor: float = 0.1
+    plateau_drops: int = 2
     seed: int = 0
     checkpoint_every: int = 500  # optimizer steps; also at each epoch end
     keep_checkpoints: int = 2
@@ -84,6 +91,14 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "checkpoint_every", "keep_checkpoints", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.plateau_patience < 1 or self.plateau_drops < 0:
+            raise SpecError(
+                f"plateau_patience/plateau_drops: need >= 1 / >= 0, got {self.plateau_patience}/{self.plateau_drops}"
+            )
+        if not 0 < self.plateau_factor < 1:
+            raise SpecError(f"plateau_factor: must lie in (0, 1), got {self.plateau_factor}")
+        if self.plateau_delta < 0:
+            raise SpecError(f"plateau_delta: must be >= 0, got {self.plateau_delta}")
         for name in ("max_steps", "eval_every_steps", "segment_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SpecError(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -90,9 +90,53 @@ def average_gradients(params: list[nn.Parameter], world: int) -> None:
         g.copy_(v.view_as(g))
 
 
-def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+class Plateau:
+    """The state of ``schedule="plateau"``: the rate's factor, the best validation top-1 and the count of
+    evaluations since it last rose by ``plateau_delta``. Saved in every checkpoint, so a resumed run
+    drops its rate and stops where an uninterrupted one would."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.factor, self.best, self.since, self.drops, self.stopped = 1.0, -1.0, 0, 0, False
+
+    def update(self, top1: float) -> str | None:
+        """Take one evaluation; returns ``"drop"`` or ``"stop"`` when the rule fires, else None."""
+        cfg = self.cfg
+        if top1 >= self.best + cfg.plateau_delta or self.best < 0:
+            self.best, self.since = max(self.best, top1), 0
+            return None
+        self.best = max(self.best, top1)
+        self.since += 1
+        if self.since < cfg.plateau_patience:
+            return None
+        self.since = 0
+        if self.drops < cfg.plateau_drops:
+            self.drops += 1
+            self.factor *= cfg.plateau_factor
+            return "drop"
+        self.stopped = True
+        return "stop"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "factor": self.factor,
+            "best": self.best,
+            "since": self.since,
+            "drops": self.drops,
+            "stopped": self.stopped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.factor, self.best = float(state["factor"]), float(state["best"])
+        self.since, self.drops = int(state["since"]), int(state["drops"])
+        self.stopped = bool(state.get("stopped", False))
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int, plateau: Plateau | None = None) -> float:
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "plateau":
+        return plateau.factor if plateau is not None else 1.0
     if cfg.schedule == "cosine":
         span = max(1, total - cfg.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
@@ -143,6 +187,22 @@ class _Run:
                 if new:
                     w.writerow(["step", "epoch", "loss", "lr", "images_per_s"])
                 w.writerow([record["step"], record["epoch"], record["loss"], record["lr"], record["images_per_s"]])
+
+
+def _plateau_decision(plateau: Plateau, acc: StepAccuracy | None, world: int, device: torch.device) -> str | None:
+    """Apply the plateau rule to rank 0's evaluation and share its decision with every process."""
+    decision = plateau.update(acc.decoded_top1) if acc is not None else None
+    if world > 1:
+        code = torch.tensor([{"drop": 1, "stop": 2}.get(decision or "", 0)], device=device)
+        dist.broadcast(code, 0)
+        if acc is None:  # the other ranks follow rank 0's rule
+            decision = {1: "drop", 2: "stop"}.get(int(code.item()))
+            if decision == "drop":
+                plateau.drops += 1
+                plateau.factor *= plateau.cfg.plateau_factor
+            elif decision == "stop":
+                plateau.stopped = True
+    return decision
 
 
 def _setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
@@ -196,7 +256,8 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None 
     if steps_per_epoch < 1:
         raise TrainingError(f"the training set has {len(train_set)} images, fewer than one batch of {cfg.batch_size}")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, total, steps_per_epoch))
+    plateau = Plateau(cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, total, steps_per_epoch, plateau))
 
     step = epoch = batch = 0
     last_good: int | None = None
@@ -208,6 +269,13 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None 
         sched.load_state_dict(state["scheduler"])
         step, epoch, batch = state["step"], state["epoch"], state["batch"]
         set_rng_state(state["rng"])
+        if "plateau" in state:
+            plateau.load_state_dict(state["plateau"])
+            if plateau.stopped:  # the rule ended the run at this checkpoint; only the final save was lost
+                total = step
+            # LambdaLR cached the rate of the step it was saved at; recompute it with the restored factor.
+            for group, base in zip(opt.param_groups, sched.base_lrs):
+                group["lr"] = base * lr_factor(cfg, step, total, steps_per_epoch, plateau)
         last_good = step
         if run.writer:
             print(f"resuming {run.dir} at step {step} (epoch {epoch}, batch {batch})", file=sys.stderr)
@@ -240,6 +308,7 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None 
                 "epoch": epoch,
                 "batch": batch,
                 "rng": rng_state(),
+                "plateau": plateau.state_dict(),
             }
             save_checkpoint(run.dir, step, model, state, keep=cfg.keep_checkpoints)
         last_good = step
@@ -313,15 +382,29 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None 
             end_of_epoch = batch == steps_per_epoch
             if end_of_epoch:
                 epoch, batch = epoch + 1, 0
-            if step % cfg.checkpoint_every == 0 or end_of_epoch or step == total:
-                checkpoint()
             due = (end_of_epoch and epoch % cfg.eval_every == 0) or (
                 cfg.eval_every_steps is not None and step % cfg.eval_every_steps == 0
             )
-            if due and step < total and run.writer:
-                acc = validate()
-                if on_eval is not None:
+            # Evaluate before checkpointing: the plateau rule's state after this evaluation is part of the
+            # checkpoint, so a run resumed from it continues exactly.
+            if due and step < total:
+                acc = None
+                if run.writer:
+                    acc = validate()
+                if cfg.schedule == "plateau":
+                    decision = _plateau_decision(plateau, acc, world, device)
+                    if decision is not None and run.writer:
+                        print(f"step {step}: validation top-1 on a plateau: {decision}", file=sys.stderr)
+                        run.log({"event": "plateau", "step": step, "action": decision, "factor": plateau.factor})
+                    if decision == "stop":
+                        total = step
+                    elif decision == "drop":
+                        for group, base in zip(opt.param_groups, sched.base_lrs):
+                            group["lr"] = base * lr_factor(cfg, step, total, steps_per_epoch, plateau)
+                if acc is not None and on_eval is not None:
                     on_eval(step, acc)
+            if step % cfg.checkpoint_every == 0 or end_of_epoch or step == total:
+                checkpoint()
             if step >= total or end_of_epoch:
                 break
     if bar is not None:
@@ -342,7 +425,14 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None 
         from convrnn.train.plots import plot_run
 
         plot_run(run.dir)
-        result = {"step": step, "skipped_images": skipped, **acc.as_dict()}
+        stop = "plateau" if plateau.stopped else "budget"
+        result = {
+            "step": step,
+            "skipped_images": skipped,
+            "stop": stop,
+            "plateau": plateau.state_dict(),
+            **acc.as_dict(),
+        }
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
