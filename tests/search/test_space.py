@@ -131,7 +131,10 @@ def test_base_feedback_is_replaced_by_the_space(tmp_path):
         ),
         ("cell:\n  tau_kernel: {low: 1, hgh: 4}\n", "space.yaml: cell.tau_kernel.hgh: unknown field for a range"),
         ("base: rgc_tiny\n", "space.yaml: base: unknown zoo model 'rgc_tiny'"),
-        ("base: ff_shallow\n", "space.yaml: base: 'ff_shallow' has no RGC layer to search"),
+        (
+            "base: ff_shallow\nfeedback: {edges: [conv5->conv3]}\n",
+            "space.yaml: base: 'ff_shallow' has no RGC layer to search",
+        ),
         ("feedback:\n  edges: [conv3->conv5]\n", "space.yaml: feedback.edges[0]: conv3->conv5 runs forward"),
         ("feedback:\n  edges: [conv5->conv3, conv9->conv3]\n", "space.yaml: feedback.edges[1]: unknown layer 'conv9'"),
         ("feedback:\n  entry: [input, cel]\n", "space.yaml: feedback.entry[1]: 'cel' is not one of"),
@@ -170,3 +173,29 @@ def test_json_space_equals_yaml_space(tmp_path):
     path = tmp_path / "space.json"
     path.write_text(json.dumps(data))
     assert SearchSpace.load(path).searched == load_space().searched
+
+
+def test_a_spec_file_base_with_only_a_train_section_tunes_a_fixed_model(tmp_path):
+    """Any model (here the feedforward net) can have its optimiser tuned; its spec is built as it is."""
+    spec = convrnn.model_spec("ff_shallow", num_classes=10, image_size=48, width=0.5)
+    spec.save(tmp_path / "ff.yaml")
+    path = write(tmp_path, f"base: {tmp_path / 'ff.yaml'}\ntrain:\n  lr: {{low: 1.0e-4, high: 1.0e-2, log: true}}\n")
+    space = load_space(path)
+    assert space.searched == ["train.lr"]
+    sample = space.sample(optuna.trial.FixedTrial({"train.lr": 1e-3}))
+    assert sample.train == {"lr": 1e-3} and not sample.cell and not sample.edges
+    built = space.build_spec(sample, num_classes=10, image_size=48, times=9)
+    assert built.layers == spec.layers and built.times == 9
+    with pytest.raises(ValueError, match=r"base: .*ff.yaml.* is for 48 px and 10 classes; the data need 32 px"):
+        space.build_spec(sample, num_classes=10, image_size=32)
+    with pytest.raises(ValueError, match="width: base"):
+        space.build_spec(sample, num_classes=10, image_size=48, width=0.25)
+
+
+def test_a_base_without_rgc_layers_cannot_search_cells(tmp_path):
+    path = write(tmp_path, "base: ff_shallow\ncell:\n  tau_kernel: {low: 1, high: 3}\n")
+    with pytest.raises(ValueError, match=r"space.yaml: base: 'ff_shallow' has no RGC layer to search"):
+        load_space(path)
+    path = write(tmp_path, "base: missing.yaml\n")
+    with pytest.raises(ValueError, match=r"space.yaml: base: cannot read spec file 'missing.yaml'"):
+        load_space(path)

@@ -158,3 +158,24 @@ def test_default_pruner_is_the_measured_successive_halving():
     assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
     no_pruning = dataclasses.replace(cfg, objective="accuracy-size")
     assert isinstance(make_pruner(no_pruning, first_report=50, total_steps=1000), optuna.pruners.NopPruner)
+
+
+def test_match_params_builds_every_trial_at_the_budget(tmp_path):
+    """Trials whose cells differ in size are each built at the width that matches the budget."""
+    from convrnn.zoo.sizing import count_params
+
+    budget = 60_000
+    cfg = config(
+        tmp_path, "matched", 3, sampler="random", pruner="none", match_params=budget, space=small_space(tmp_path)
+    )
+    cfg = dataclasses.replace(cfg, train={**BUDGET, "width": None, "max_steps": 4})
+    assert run_search(cfg, log=lambda m: None) == {"COMPLETE": 3}
+    study = optuna.load_study(study_name="matched", storage=cfg.storage_url)
+    import convrnn
+
+    for t in study.trials:
+        spec = convrnn.ModelSpec.from_dict(t.user_attrs["spec"])
+        assert t.user_attrs["parameters"] == count_params(spec)
+        assert abs(t.user_attrs["parameters"] / budget - 1) <= 0.10, t.params
+    with pytest.raises(ValueError, match="--match-params: each trial's width is chosen"):
+        dataclasses.replace(cfg, train=dict(BUDGET)).validate()

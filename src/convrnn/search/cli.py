@@ -81,6 +81,11 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--heartbeat", type=int, default=10, help="seconds between a trial's heartbeats (default 10)")
     s.add_argument("--grace", type=int, default=60, help="seconds without a heartbeat before a trial is retried")
     s.add_argument("--max-retry", type=int, default=3, help="retries of a trial whose worker died (default 3)")
+    s.add_argument(
+        "--match-params",
+        type=int,
+        help="build every trial at the width whose parameter count is closest to N (replaces --width)",
+    )
     _budget_flags(s)
     s.set_defaults(fn=cmd_search)
 
@@ -99,6 +104,10 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     if not args.study:
         raise ValueError("search: --study NAME is required")
     train = {name: getattr(args, f"train_{name}") for name in BUDGET_FIELDS}
+    if args.match_params is not None:
+        if train["width"] != BUDGET_DEFAULTS["width"]:
+            raise ValueError("search: --match-params chooses each trial's width; drop --width")
+        train["width"] = None
     return SearchConfig(
         study=args.study,
         space=str(args.space) if args.space else None,
@@ -117,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
         heartbeat=args.heartbeat,
         grace=args.grace,
         max_retry=args.max_retry,
+        match_params=args.match_params,
         train=train,
     ).validate()
 

@@ -29,6 +29,8 @@ from convrnn.search.study import SearchConfig
 from convrnn.train.config import TrainConfig
 from convrnn.train.evaluate import StepAccuracy
 
+MATCH_TOLERANCE = 0.10  # with match_params, a trial's count may be this far off the budget
+
 
 class TrialInterrupted(RuntimeError):
     """Another worker took this trial for dead (its heartbeat stalled); its retry will run it."""
@@ -55,14 +57,29 @@ class TrialRunner:
         self.first_report = min(cfg.prune_every or steps_per_epoch, self.total_steps)
 
     def spec_for(self, sample: Any, name: str) -> Any:
-        return self.space.build_spec(
-            sample,
-            num_classes=self.num_classes,
-            image_size=self.image_size,
-            width=self.base.width,
-            times=self.base.times,
-            name=name,
-        )
+        def build(width: float | None) -> Any:
+            return self.space.build_spec(
+                sample,
+                num_classes=self.num_classes,
+                image_size=self.image_size,
+                width=width,
+                times=self.base.times,
+                name=name,
+            )
+
+        target = self.cfg.match_params
+        if target is None:
+            return build(self.base.width)
+        from convrnn.errors import SpecError
+        from convrnn.zoo.sizing import match_width
+
+        width, params = match_width(build, target, 0.25)
+        if abs(params / target - 1) > MATCH_TOLERANCE:
+            raise SpecError(
+                f"match_params: the closest width ({width:g}) gives {params:,} parameters, "
+                f"{100 * (params / target - 1):+.1f}% off {target:,}"
+            )
+        return build(width)
 
     def run(self, trial: Any, frozen: Any, lost: threading.Event | None = None) -> tuple[Any, Any, str]:
         """Train ``trial``; returns (values, state, a one-line summary) for ``study.tell``.

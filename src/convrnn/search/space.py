@@ -14,6 +14,10 @@ A space file has four sections (see ``spaces/default.yaml``, the paper's space):
     train:                         # optimiser settings (TrainConfig fields), plus clip: [norm, value, none]
       lr: {low: 1.0e-3, high: 0.3, log: true}
 
+``base`` may also be a spec file (``.yaml``/``.json``, e.g. from ``convrnn spec``), built as it is (at
+its own width, image size and classes). A space with only a ``train`` section tunes the optimiser of a
+fixed model of any kind (feedforward, any cell): the experiments tune every model they compare this way.
+
 Options a file leaves out keep the base model's values, so a space can search a few dimensions of
 any RGC model. ``cell_channels`` is given at width 1 and scaled by the search's ``--width``, as the
 zoo scales every channel count (``null`` means the layer's own depth). The base model's feedback
@@ -178,8 +182,9 @@ class SearchSpace:
         base = data.get("base", "rgc_shallow")
         base_spec = _base_spec(base, err)
         rgc_layers = [layer.name for layer in base_spec.layers if isinstance(layer.cell, RGCConfig)]
-        if not rgc_layers:
-            raise err("base", f"{base!r} has no RGC layer to search")
+        # A space with only a train section tunes the optimiser of a fixed model, whatever its cells.
+        if not rgc_layers and (data.get("cell") or data.get("feedback")):
+            raise err("base", f"{base!r} has no RGC layer to search (a space for it may only have a train section)")
 
         cell_data = _mapping(data.get("cell", {}), "cell", err)
         cell: dict[str, Dimension] = {}
@@ -275,12 +280,27 @@ class SearchSpace:
         """The model spec of a sample: the base model with the sampled cell in every RGC layer."""
         from convrnn.zoo import model_spec
 
-        kw: dict[str, Any] = {"num_classes": num_classes, "image_size": image_size}
-        if width is not None:
-            kw["width"] = width
-        if times is not None:
-            kw["times"] = times
-        spec = model_spec(self.base, **kw)
+        if _is_spec_file(self.base):
+            spec = ModelSpec.load(self.base)
+            if width is not None:
+                raise SpecError(f"width: base {self.base!r} is a spec file, built at its own width; leave width unset")
+            from convrnn.zoo import create_model
+
+            classes = create_model(spec).num_classes
+            if spec.image_size != image_size or classes != num_classes:
+                raise SpecError(
+                    f"base: {self.base!r} is for {spec.image_size} px and {classes} classes; "
+                    f"the data need {image_size} px and {num_classes} classes"
+                )
+            if times is not None:
+                spec.times = times
+        else:
+            kw: dict[str, Any] = {"num_classes": num_classes, "image_size": image_size}
+            if width is not None:
+                kw["width"] = width
+            if times is not None:
+                kw["times"] = times
+            spec = model_spec(self.base, **kw)
         scale = 1.0 if width is None else width
         options = dict(sample.cell)
         if options.get("cell_channels") is not None:
@@ -320,11 +340,22 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
 # --- validation helpers -----------------------------------------------------------------------------
 
 
+def _is_spec_file(base: str) -> bool:
+    return base.endswith((".yaml", ".yml", ".json"))
+
+
 def _base_spec(base: Any, err) -> ModelSpec:
     from convrnn.zoo import list_models, model_spec
 
     if not isinstance(base, str):
-        raise err("base", f"expected a zoo model name, got {base!r}")
+        raise err("base", f"expected a zoo model name or a spec file, got {base!r}")
+    if _is_spec_file(base):
+        try:
+            return ModelSpec.load(base)
+        except OSError as e:
+            raise err("base", f"cannot read spec file {base!r} ({e.strerror or e})") from None
+        except SpecError as e:
+            raise err("base", f"spec file {base!r}: {e}") from None
     if base not in list_models():
         raise err("base", f"unknown zoo model {base!r} (e.g. {', '.join(list_models('rgc*'))})")
     return model_spec(base)

@@ -89,6 +89,9 @@ class SearchConfig:
     max_retry: int = 3  # retries of a trial whose worker died
     poll: float = 2.0  # seconds between checks while waiting for other workers' trials
     train: dict[str, Any] = field(default_factory=dict)  # per-trial budget: TrainConfig fields (BUDGET_FIELDS)
+    # Build every trial at the width (on a grid of 1/256) whose parameter count is closest to this budget,
+    # so that architectures compete at one size; a trial more than 10% off it fails. None: train.width.
+    match_params: int | None = None
 
     def validate(self) -> SearchConfig:
         if not self.study or any(c in self.study for c in "/\\\0"):
@@ -107,6 +110,11 @@ class SearchConfig:
             raise SpecError(f"--grace: must exceed --heartbeat ({self.heartbeat} s), got {self.grace}")
         if self.pruner == "threshold" and self.prune_below is None:
             raise SpecError("--prune-below: the threshold pruner needs an accuracy to prune below")
+        if self.match_params is not None:
+            if self.match_params < 1:
+                raise SpecError(f"--match-params: must be >= 1, got {self.match_params}")
+            if self.train.get("width") is not None:
+                raise SpecError("--match-params: each trial's width is chosen to match it; leave --width unset")
         for name in self.train:
             if name not in BUDGET_FIELDS:
                 raise SpecError(f"train.{name}: not a per-trial budget setting (known: {', '.join(BUDGET_FIELDS)})")
