@@ -362,7 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     from convrnn.experiment.cells import add_subcommand as add_experiment_cells
 
     s = sub.add_parser("experiment", help="reproduce the papers' comparisons at laptop scale (docs/results.md)")
-    add_experiment_cells(s.add_subparsers(dest="experiment", required=True))
+    from convrnn.experiment.thesis.cli import add_subcommand as add_experiment_thesis
+
+    experiments = s.add_subparsers(dest="experiment", required=True)
+    add_experiment_cells(experiments)
+    add_experiment_thesis(experiments)
     return p
 
 
