@@ -4,6 +4,7 @@ convrnn list [PATTERN]                 models in the zoo
 convrnn spec NAME [--out FILE]         a model's architecture as YAML (or JSON by suffix)
 convrnn extract [IMAGES...]            features per area and time step, with a summary table
 convrnn demo                           ``extract`` on scikit-image's sample photographs
+convrnn download NAME... | --all       fetch, verify, convert and cache the published weights (--list: the cache)
 """
 
 from __future__ import annotations
@@ -122,6 +123,76 @@ def cmd_convert(args: argparse.Namespace) -> int:
     model = _build(args)
     out = convert_checkpoint(args.checkpoint, model, args.out, model_name=args.model)
     print(f"converted {args.checkpoint} -> {out} ({sum(p.numel() for p in model.state_dict().values()):,} values)")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    import logging
+
+    from convrnn.zoo import pretrained
+
+    if args.list:
+        return _list_cache(pretrained.cache_dir())
+    if not args.names and not args.all:
+        print("convrnn: download needs model names, --all or --list", file=sys.stderr)
+        return 2
+    names = convrnn.zoo.published_models() if args.all else list(dict.fromkeys(args.names))
+    for name in names:  # a typo stops everything before any download starts
+        pretrained.pretrained_weights(name)
+    overrides = {
+        k: v
+        for k, v in (("num_classes", args.num_classes), ("image_size", args.image_size), ("width", args.width))
+        if v is not None
+    }
+    # The library's notes (waiting for another process, a corrupt file fetched again) as lines of this command.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("convrnn: %(message)s"))
+    logger = logging.getLogger("convrnn.pretrained")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    failed = 0
+    try:
+        for name in names:
+            try:
+                cached = pretrained.weights_path(name).is_file()
+                model = convrnn.create_model(name, **overrides) if overrides and not cached else None
+                path = pretrained.fetch_weights(
+                    name, model, base_url=args.base_url, offline=True if args.offline else None, keep_tf=args.keep_tf
+                )
+            except (ValueError, KeyError) as e:  # one line per model; the others still get their turn
+                msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+                print(f"convrnn: {msg}", file=sys.stderr)
+                failed += 1
+                continue
+            print(f"{name}: {'cached' if cached else 'converted'} {path} ({_mb(path.stat().st_size)})")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return 2 if failed else 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _list_cache(root: Path) -> int:
+    from convrnn.zoo.pretrained import cached_models
+
+    models = cached_models(root)
+    if not models:
+        print(f"cache {root}: empty")
+        return 0
+    print(f"cache {root}")
+    for m in models:
+        what = ["weights"] if m.weights else []
+        partial = [p.name for p in m.tf_files if p.name.endswith(".part")]
+        if len(partial) < len(m.tf_files):
+            what.append("TF checkpoint")
+        if partial:
+            what.append(f"partial download ({', '.join(partial)})")
+        print(f"{m.name:32s} {_mb(m.size):>10s}  {' + '.join(what)}")
+    print(f"{'total':32s} {_mb(sum(m.size for m in models)):>10s}")
     return 0
 
 
@@ -329,6 +400,26 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s)
     s.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
     s.set_defaults(fn=cmd_convert, spec=None, weights=None)
+
+    s = sub.add_parser(
+        "download",
+        help="fetch, verify, convert and cache the reference's published weights",
+        description="Fetch the published TF checkpoints of each model (resuming partial files), verify their "
+        "checksums, convert them to .safetensors in the cache ($CONVRNN_HOME, else $XDG_CACHE_HOME/convrnn, else "
+        "~/.cache/convrnn) and delete the TF files; models already there are not fetched again.",
+    )
+    s.add_argument("names", nargs="*", help="zoo names with published weights")
+    s.add_argument("--all", action="store_true", help="every model with published weights")
+    s.add_argument("--list", action="store_true", help="show what the cache holds and its size")
+    s.add_argument("--offline", action="store_true", help="never use the network (also CONVRNN_OFFLINE=1)")
+    s.add_argument("--keep-tf", action="store_true", help="keep the TF checkpoint files after the conversion")
+    s.add_argument("--base-url", help="a mirror of the published folders (also CONVRNN_BASE_URL)")
+    s.add_argument(
+        "--num-classes", type=int, default=None, help="convert onto this architecture (default: the published one)"
+    )
+    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--width", type=float, default=None)
+    s.set_defaults(fn=cmd_download)
 
     s = sub.add_parser("train", help="train a model (resumes if --out holds this run); works under torchrun")
     _train_flags(s)

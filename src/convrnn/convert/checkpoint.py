@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from safetensors.torch import save_file
+from torch import Tensor
 
 import convrnn
 from convrnn.convert.tf_checkpoint import read_checkpoint
@@ -20,13 +22,29 @@ def convert_checkpoint(prefix: str | Path, model: ConvRNN, out: str | Path, mode
     """
     tensors = read_checkpoint(prefix)
     state = tf_to_state_dict(model, tensors)
+    return save_converted(state, model, out, model_name=model_name, source_checkpoint=Path(prefix).name)
+
+
+def save_converted(
+    state: Mapping[str, Tensor],
+    model: ConvRNN,
+    out: str | Path,
+    *,
+    model_name: str | None = None,
+    source_checkpoint: str = "",
+    extra_metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write converted weights to ``out`` atomically, with the converter's metadata (model name, spec
+    as JSON, source checkpoint) plus ``extra_metadata``; on any failure nothing is left at ``out``.
+    """
     out = Path(out)
     metadata = {
         "format": "convrnn",
         "convrnn_version": convrnn.__version__,
         "model": model_name or model.spec.name,
-        "source_checkpoint": Path(prefix).name,
+        "source_checkpoint": source_checkpoint,
         "spec": json.dumps(model.spec.to_dict()),
+        **(extra_metadata or {}),
     }
     tmp = out.with_name(f".{out.name}.tmp")
     try:

@@ -10,6 +10,7 @@ from convrnn.zoo.registry import (
     load_weights,
     model_entry,
     model_spec,
+    published_models,
     register_model,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "load_weights",
     "model_entry",
     "model_spec",
+    "published_models",
     "register_model",
 ]

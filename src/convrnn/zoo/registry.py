@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +23,28 @@ CITATION = (
     "Stream Mediate a Trade-Off Between Task Performance and Network Size During Core Object "
     "Recognition. Neural Computation 34(8)."
 )
-CHECKPOINT_URL = "https://convrnnckpts.s3-us-west-1.amazonaws.com/{name}/"
+CHECKPOINT_BASE_URL = "https://convrnnckpts.s3-us-west-1.amazonaws.com"
+CHECKPOINT_URL = CHECKPOINT_BASE_URL + "/{name}/"
+# The reference publishes one folder per model holding one single-shard TensorBundle (Saver V2) checkpoint.
+CHECKPOINT_FILES = ("model.ckpt.index", "model.ckpt.data-00000-of-00001")
+BASE_URL_ENV = "CONVRNN_BASE_URL"  # a mirror of the published folders (same layout), e.g. a lab's server
+
+
+def _unknown_sizes() -> dict[str, int | None]:
+    # The published files' sizes could not be looked up when the zoo was written (no network), and a
+    # guessed size would reject a good download: None until measured. The bundle's own CRC32Cs and the
+    # server's Content-Length check every download meanwhile.
+    return dict.fromkeys(CHECKPOINT_FILES)
 
 
 @dataclass
 class WeightsInfo:
-    """What is known about a zoo model's released (TensorFlow) weights."""
+    """What is known about a zoo model's released (TensorFlow) weights, and what is needed to use them.
+
+    ``transforms()`` is the evaluation preprocessing, ``num_params`` the published model's parameter
+    count, ``presentation``/``decoder`` how it was trained and read out, ``files`` the checkpoint files
+    the published folder holds (name -> size in bytes, ``None`` where not known).
+    """
 
     source: str  # the reference model name the checkpoint is published under
     top1: float | None = None  # ImageNet val top-1 (%) reported by the reference
@@ -33,9 +52,39 @@ class WeightsInfo:
     image_size: int = 224
     presentation: str = "default"
     decoder: str = "last"
-    url: str = ""
+    url: str = ""  # the published folder: ``url + file`` for each of ``files``
     license: str = "MIT (declared in the reference's setup.py)"
     citation: str = CITATION
+    files: dict[str, int | None] = field(default_factory=_unknown_sizes)
+
+    def file_url(self, file: str, base_url: str | None = None) -> str:
+        """Where ``file`` is fetched from: ``base_url`` (else ``$CONVRNN_BASE_URL``) + ``/source/file``,
+        else the published folder ``url``."""
+        base = base_url or os.environ.get(BASE_URL_ENV)
+        if base:
+            return f"{base.rstrip('/')}/{self.source}/{file}"
+        if not self.url:
+            raise ValueError(f"{self.source}: no URL for its weights (set --base-url or ${BASE_URL_ENV})")
+        return self.url.rstrip("/") + "/" + file
+
+    def transforms(self) -> Callable[[Any], torch.Tensor]:
+        """The evaluation preprocessing of a PIL image: resize the short side to ``image_size / 0.875``,
+        centre-crop ``image_size``, scale to [0, 1], ImageNet mean/std (as the reference evaluates)."""
+        from convrnn.data.images import eval_transform
+
+        return eval_transform(self.image_size)
+
+    @functools.cached_property
+    def num_params(self) -> int:
+        """Trainable parameters of the published model (computed once from its architecture, on the meta
+        device, so that no weights are allocated)."""
+        with torch.device("meta"):
+            model = ConvRNN(model_spec(self.source).validate())
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The metadata fields as a plain dict (copies)."""
+        return dataclasses.asdict(self)
 
 
 def released(name: str, top1: float, top5: float | None = None, **kw: Any) -> WeightsInfo:
@@ -73,6 +122,11 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
+def published_models(pattern: str = "*") -> list[str]:
+    """Registered names matching ``pattern`` whose reference weights are published, sorted."""
+    return [n for n in list_models(pattern) if _REGISTRY[n].weights is not None]
+
+
 def model_entry(name: str) -> ModelEntry:
     if name not in _REGISTRY:
         close = fnmatch.filter(_REGISTRY, f"*{name.split('_')[0]}*")
@@ -90,6 +144,7 @@ def create_model(
     name: str | ModelSpec,
     *,
     weights: str | Path | None = None,
+    pretrained: bool = False,
     unroll: str = "biological",
     fast: bool = True,
     **overrides: Any,
@@ -99,11 +154,19 @@ def create_model(
     Args:
         name: a registered name (see :func:`list_models`) or a :class:`ModelSpec`.
         weights: a ``.safetensors`` file or a PyTorch state dict (loaded with ``weights_only=True``).
+        pretrained: load the reference's published weights: from the cache if there, else downloaded,
+            verified and converted into it (see :func:`convrnn.zoo.pretrained.fetch_weights`; the
+            ``CONVRNN_HOME``, ``CONVRNN_BASE_URL`` and ``CONVRNN_OFFLINE`` variables apply). The
+            overrides must give the published shapes (they do by default).
         unroll: ``"biological"`` or ``"standard"``.
         fast: use the fast schedule (same numbers as the naive one).
         **overrides: builder arguments: ``num_classes``, ``image_size``, ``width``, ``times``.
     """
+    if pretrained and weights is not None:
+        raise TypeError("create_model: pass weights= or pretrained=True, not both")
     if isinstance(name, ModelSpec):
+        if pretrained:
+            raise TypeError("create_model(spec): pretrained=True applies to named models only")
         if overrides:
             raise TypeError(f"create_model(spec): builder overrides {sorted(overrides)} apply to named models only")
         spec, entry = name, None
@@ -112,8 +175,12 @@ def create_model(
         spec = entry.builder(**overrides)
     model = ConvRNN(spec.validate(), unroll=unroll, fast=fast)
     if entry is not None and entry.weights is not None:
-        model.pretrained_cfg = dict(vars(entry.weights))
-    if weights is not None:
+        model.pretrained_cfg = entry.weights.as_dict()
+    if pretrained:
+        from convrnn.zoo.pretrained import load_pretrained
+
+        load_pretrained(model, entry.name)
+    elif weights is not None:
         load_weights(model, weights)
     return model
 
@@ -129,6 +196,16 @@ def load_weights(model: ConvRNN, path: str | Path) -> None:
         state = load_file(str(path), device="cpu")
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    # Checked here: load_state_dict would raise a many-line RuntimeError for a shape that differs.
+    wrong = [
+        f"{k} {tuple(v.shape)} != model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if missing or unexpected:
-        raise ValueError(f"weights {path.name}: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        raise ValueError(f"weights {path.name}: missing {missing}, unexpected {unexpected}")
+    if wrong:
+        raise ValueError(f"weights {path.name}: shapes differ from the model's: {'; '.join(wrong)}")
+    model.load_state_dict(state)
