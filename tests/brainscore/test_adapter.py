@@ -96,6 +96,23 @@ def test_list_of_files_and_single_bin(model: convrnn.ConvRNN, photos: list[Path]
     np.testing.assert_allclose(rec.values[..., 0], full[..., 10:20].mean(axis=2), rtol=1e-5, atol=1e-6)
 
 
+def test_bins_after_260_ms_unroll_further(model: convrnn.ConvRNN, photos: list[Path]) -> None:
+    # The blank after the image goes on: bins past the neural presentation's 26 steps are answered.
+    brain = ConvRNNBrainModel(model)
+    brain.start_recording("IT", [(70, 80), (250, 270), (285, 290)])
+    rec = brain.look_at(stimulus_set(photos)).transpose("presentation", "neuroid", "time_bin").values
+    x = brain.images(photos)
+    with torch.no_grad():
+        feats = brain.model.features(x, areas=["conv4", "conv5"], times=29, presentation="neural")
+    full = np.stack([torch.cat([feats[a][t].flatten(1) for a in ("conv4", "conv5")], 1).numpy() for t in range(29)], 2)
+    np.testing.assert_allclose(rec[..., 0], full[..., 7], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rec[..., 1], full[..., 25:27].mean(axis=2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rec[..., 2], full[..., 28], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        full[..., :26], expected_features(brain, photos, ["conv4", "conv5"]), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_region_map_and_crop_preprocessing(model: convrnn.ConvRNN, photos: list[Path]) -> None:
     brain = ConvRNNBrainModel(model, region_layer_map={"V1": "conv1", "IT": ["cIT-aIT"]}, preprocess="crop")
     brain.start_recording("V1", [(0, 10), (30, 30)])
@@ -116,8 +133,12 @@ def test_bad_input(model: convrnn.ConvRNN, photos: list[Path]) -> None:
     with pytest.raises(ValueError, match=r"recording_target: region 'V1' has no layers .*V4, pIT, cIT-aIT, IT"):
         brain.start_recording("V1", BINS)
     with pytest.raises(TimeBinError, match=r"time_bins\[1\] = \(250, 270\) ms: outside the unrolled window \[0, 260\]"):
-        brain.start_recording("IT", [(70, 80), (250, 270)])
-    with pytest.raises(TimeBinError, match=r"time_bins: expected a list of \(start_ms, end_ms\) pairs, got 5"):
+        ConvRNNBrainModel(model, times=26).start_recording("IT", [(70, 80), (250, 270)])  # an explicit window
+    with pytest.raises(TimeBinError, match=r"time_bins\[0\] = \(-10, 0\) ms: outside the unrolled window"):
+        brain.start_recording("IT", [(-10, 0)])
+    with pytest.raises(
+        TimeBinError, match=r"time_bins: expected a non-empty list of \(start_ms, end_ms\) pairs, got 5"
+    ):
         brain.start_recording("IT", 5)
     with pytest.raises(ValueError, match=r"region_layer_map\['IT'\]: unknown area 'conv7'"):
         ConvRNNBrainModel(model, region_layer_map={"IT": ["conv7"]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convrnn.brainscore import TimeBinError, steps_for_bins, time_bin_weights
+from convrnn.brainscore import TimeBinError, as_time_bins, steps_for_bins, time_bin_weights
 
 
 def test_bins_inside_one_step_take_that_step() -> None:
@@ -58,3 +58,54 @@ def test_bad_bins_name_the_bin(bins: list, message: str) -> None:
 def test_steps_for_bins() -> None:
     w = time_bin_weights([(70, 80), (100, 120), (115, 125)], times=26)
     assert steps_for_bins(w) == [7, 10, 11, 12]
+
+
+def _object_array(pairs: list[tuple[int, int]]) -> np.ndarray:
+    out = np.empty(len(pairs), dtype=object)
+    out[:] = pairs
+    return out
+
+
+def _squeezed(pair: tuple[int, int]) -> np.ndarray:
+    out = np.empty((), dtype=object)
+    out[()] = pair
+    return out
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        [(70, 80), (100, 200)],
+        ((70, 80), (100, 200)),
+        [[70, 80], [100, 200]],
+        np.array([[70, 80], [100, 200]]),
+        np.array([[70.0, 80.0], [100.0, 200.0]], dtype=np.float32),
+        _object_array([(70, 80), (100, 200)]),  # assembly['time_bin'].values of a temporal assembly
+        [_squeezed((70, 80)), _squeezed((100, 200))],
+        [np.array([70, 80]), np.array([100, 200])],
+    ],
+    ids=["list", "tuple", "lists", "int-array", "float32-array", "object-array", "0d-arrays", "row-arrays"],
+)
+def test_every_form_brainscore_passes(given) -> None:
+    assert as_time_bins(given) == [(70.0, 80.0), (100.0, 200.0)]
+    np.testing.assert_array_equal(time_bin_weights(given, times=26), time_bin_weights([(70, 80), (100, 200)], 26))
+
+
+def test_single_squeezed_bin_and_xarray_coords() -> None:
+    import pandas as pd
+    import xarray as xr
+
+    # Brain-Score's timebins_from_assembly on an assembly whose time bin was squeezed away.
+    assert as_time_bins([_squeezed((70, 170))]) == [(70.0, 170.0)]
+    assert as_time_bins(_squeezed((70, 170))) == [(70.0, 170.0)]
+    index = pd.MultiIndex.from_arrays([[70, 80], [80, 90]], names=["time_bin_start", "time_bin_end"])
+    assert as_time_bins(index) == [(70.0, 80.0), (80.0, 90.0)]
+    coord = xr.DataArray(_object_array([(70, 80), (80, 90)]), dims=["time_bin"])
+    assert as_time_bins(coord) == [(70.0, 80.0), (80.0, 90.0)]
+    assert as_time_bins(coord[0]) == [(70.0, 80.0)]  # a squeezed coordinate: 0-d
+
+
+@pytest.mark.parametrize("given", [5, (70, 170), "ab", [70, 170], np.array([70, 170]), [(70, 80, 90)], []])
+def test_forms_that_are_not_pairs(given) -> None:
+    with pytest.raises(TimeBinError, match=r"time_bins: expected a non-empty list of \(start_ms, end_ms\) pairs"):
+        as_time_bins(given)

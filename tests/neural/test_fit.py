@@ -7,9 +7,18 @@ import warnings
 import numpy as np
 import pytest
 from scipy.stats import pearsonr
-from sklearn.model_selection import StratifiedShuffleSplit
+from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 
-from convrnn.neural import FitResult, fit_per_bin, fit_per_bin_sklearn, pearson_r, split_half_ceiling
+from convrnn.neural import (
+    FitResult,
+    ceil_score,
+    cv_splits,
+    fit_per_bin,
+    fit_per_bin_sklearn,
+    pearson_r,
+    repetition_halves,
+    split_half_ceiling,
+)
 
 # Small sizes: the sklearn reference loop on them costs well under a second.
 BINS, STIMULI, FEATURES, SITES, SPLITS, COMPONENTS = 3, 60, 20, 5, 4, 3
@@ -166,15 +175,133 @@ def test_split_half_ceiling_matches_spearman_brown_of_known_reliability():
     np.testing.assert_allclose(ceiling, expected, atol=0.04)
 
 
-def test_fit_reports_ceiling_and_ceiled_score():
+def test_fit_reports_ceiling_and_ceiled_score_under_each_convention():
     rng = np.random.default_rng(4)
     X, _, objects = _data("structured", shared=False)
     Y_reps = (X @ rng.standard_normal((FEATURES, SITES)))[None] + 3.0 * rng.standard_normal((6, BINS, STIMULI, SITES))
     Y = Y_reps.mean(axis=0)
     result = fit_per_bin(X, Y, objects, Y_reps=Y_reps, n_ceiling_splits=4, seed=1, **SMALL)
     np.testing.assert_allclose(result.ceiling, split_half_ceiling(Y_reps, n_splits=4, seed=1))
-    np.testing.assert_allclose(result.ceiled, result.score / result.ceiling)
-    assert fit_per_bin(X, Y, objects, **SMALL).ceiling is None
+    # The default is Brain-Score 2's explained variance: r^2 / rho.
+    assert result.convention == "r2/rho"
+    np.testing.assert_allclose(result.ceiled, result.score**2 / result.ceiling)
+    for convention, expected in (
+        ("r/rho", result.score / result.ceiling),
+        ("r/sqrt(rho)", result.score / np.sqrt(result.ceiling)),
+    ):
+        other = fit_per_bin(X, Y, objects, Y_reps=Y_reps, n_ceiling_splits=4, ceiling_convention=convention, **SMALL)
+        assert other.convention == convention
+        np.testing.assert_array_equal(other.score, result.score)  # raw r does not depend on the convention
+        np.testing.assert_allclose(other.ceiled, expected)
+        np.testing.assert_allclose(ceil_score(result.score, result.ceiling, convention), expected)
+    plain = fit_per_bin(X, Y, objects, **SMALL)
+    assert plain.ceiling is None and plain.ceiled is None and plain.convention is None
+
+
+def test_true_signal_scores_one_under_r2_over_rho():
+    """Recordings = a known signal + noise at four reliabilities (those of the issue's four bins): the
+    signal itself, as features, scores about 1 under r^2/rho (and r/sqrt(rho)) in every bin, and
+    about 1/sqrt(rho) > 1 under r/rho, the over-correction."""
+    rng = np.random.default_rng(5)
+    n, q, k, reps = 1000, 60, 3, 6
+    rho = np.array([0.19, 0.405, 0.672, 0.78])  # reliabilities of the mean of 6 repetitions
+    Z = rng.standard_normal((n, k))
+    signal = Z @ rng.standard_normal((k, q))
+    signal = (signal - signal.mean(0)) / signal.std(0)  # variance 1 per site
+    noise_sd = np.sqrt(reps * (1 / rho - 1))  # one repetition's noise: the mean of 6 has reliability rho
+    Y_reps = signal[None, None] + noise_sd[None, :, None, None] * rng.standard_normal((reps, 4, n, q))
+    objects = np.arange(n) % 10
+    fits = {
+        c: fit_per_bin(Z, Y_reps.mean(0), objects, n_components=k, Y_reps=Y_reps, ceiling_convention=c)
+        for c in ("r2/rho", "r/rho", "r/sqrt(rho)")
+    }
+    np.testing.assert_allclose(fits["r2/rho"].ceiling, rho, atol=0.03)
+    # Sampling spread: over 12 seeds of this set-up the r^2/rho score per bin had sd <= 0.03 (0.03 in
+    # the noisiest bin, 0.006 in the cleanest) and mean 1.00; 0.12 is 4 sd.
+    np.testing.assert_allclose(fits["r2/rho"].ceiled, 1.0, atol=0.12)
+    np.testing.assert_allclose(fits["r/sqrt(rho)"].ceiled, 1.0, atol=0.06)
+    np.testing.assert_allclose(fits["r/rho"].ceiled, 1 / np.sqrt(rho), rtol=0.06)
+    assert (fits["r/rho"].ceiled > 1.08).all()  # a "ceiled" score above 1 for the true signal
+
+
+# --- Brain-Score's defaults: split seed, ceiling halves, spantime ----------------------------------
+
+
+def test_default_splits_are_brainscores():
+    # Brain-Score: StratifiedShuffleSplit(10, train_size=0.9, test_size=None, random_state=1).
+    objects = np.repeat(np.arange(7), 13)
+    train, test = cv_splits(objects)
+    sss = StratifiedShuffleSplit(n_splits=10, train_size=0.9, test_size=None, random_state=1)
+    for s, (tr, te) in enumerate(sss.split(np.zeros((len(objects), 1)), objects)):
+        np.testing.assert_array_equal(train[s], tr)
+        np.testing.assert_array_equal(test[s], te)
+
+
+@pytest.mark.parametrize(("reps", "sizes"), [(9, (4, 5)), (6, (3, 3)), (2, (1, 1))])
+def test_ceiling_halves_split_odd_repetitions_as_brainscore(reps, sizes):
+    halves = repetition_halves(reps, n_splits=10)
+    ss = ShuffleSplit(n_splits=10, train_size=0.5, random_state=1)
+    for (a, b), (tr, te) in zip(halves, ss.split(np.zeros((reps, 1))), strict=True):
+        np.testing.assert_array_equal(a, tr)
+        np.testing.assert_array_equal(b, te)
+        assert (len(a), len(b)) == sizes and not set(a) & set(b)
+    dropped = repetition_halves(reps, n_splits=10, odd_repetitions="drop")
+    assert all(len(a) == len(b) == reps // 2 and not set(a) & set(b) for a, b in dropped)
+
+
+def test_split_half_ceiling_by_hand_with_odd_repetitions():
+    rng = np.random.default_rng(6)
+    Y_reps = rng.standard_normal((1, 2, 40, 5)) + 1.5 * rng.standard_normal((9, 2, 40, 5))
+    for odd in ("split", "drop"):
+        per_split = []
+        for a, b in repetition_halves(9, n_splits=5, seed=3, odd_repetitions=odd):
+            r = np.array(
+                [
+                    [pearsonr(Y_reps[a, t, :, j].mean(0), Y_reps[b, t, :, j].mean(0))[0] for j in range(5)]
+                    for t in range(2)
+                ]
+            )
+            per_split.append(np.median(2 * r / (1 + r), axis=1))
+        got = split_half_ceiling(Y_reps, n_splits=5, seed=3, odd_repetitions=odd)
+        np.testing.assert_allclose(got, np.mean(per_split, axis=0), rtol=0, atol=1e-12)
+    assert not np.allclose(
+        split_half_ceiling(Y_reps, n_splits=5, odd_repetitions="split"),
+        split_half_ceiling(Y_reps, n_splits=5, odd_repetitions="drop"),
+    )
+
+
+@pytest.mark.parametrize("mapping", ["pls", "ridge"])
+def test_spantime_fits_one_map_across_bins(mapping):
+    from sklearn.cross_decomposition import PLSRegression
+    from sklearn.linear_model import Ridge
+
+    X, Y, objects = _data("structured", shared=False)
+    kw = dict(mapping=mapping, n_components=COMPONENTS, n_splits=SPLITS, alpha=3.0)
+    fast, ref = _both(X, Y, objects, spantime=True, **kw)
+    np.testing.assert_array_equal(fast.r, ref.r)  # one implementation serves both paths
+    for s in range(SPLITS):
+        tr, te = np.setdiff1d(np.arange(STIMULI), fast.test_index[s]), fast.test_index[s]
+        model = PLSRegression(COMPONENTS, scale=False) if mapping == "pls" else Ridge(alpha=3.0)
+        model.fit(np.concatenate(X[:, tr]), np.concatenate(Y[:, tr]))
+        for b in range(BINS):
+            np.testing.assert_allclose(fast.predictions[b, s], model.predict(X[b, te]), rtol=0, atol=1e-10)
+    # A different model from the per-bin fits: the bins' gains differ (0.3, 1, 2), one map cannot follow.
+    assert not np.allclose(fast.predictions, fit_per_bin(X, Y, objects, **kw).predictions, atol=1e-3)
+    # Components are bounded by the stacked training samples, not one bin's.
+    fit_per_bin(X[:, :, :1].repeat(80, axis=2) + np.arange(80), Y, objects, spantime=True, n_components=60, n_splits=2)
+
+
+def test_given_splits_are_used():
+    X, Y, objects = _data("structured", shared=False)
+    train, test = cv_splits(objects, n_splits=3, seed=11)
+    given = fit_per_bin(X, Y, objects, splits=(train, test), n_components=COMPONENTS)
+    drawn = fit_per_bin(X, Y, objects, seed=11, n_splits=3, n_components=COMPONENTS)
+    np.testing.assert_array_equal(given.test_index, test)
+    np.testing.assert_allclose(given.r, drawn.r, rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match=r"splits: split 0 is not a partition of the 60 stimuli"):
+        fit_per_bin(X, Y, objects, splits=(train[:, :-1], test), n_components=COMPONENTS)
+    with pytest.raises(ValueError, match=r"splits: test indices must be integers in \[0, 60\)"):
+        fit_per_bin(X, Y, objects, splits=(train, test + 60), n_components=COMPONENTS)
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -200,6 +327,8 @@ def _bad_cases():
         ),
         "objects": ((X, Y, lonely), {}, r"objects: object 99 has 1 stimulus"),
         "mapping": ((X, Y, objects), {"mapping": "lasso"}, r"mapping must be one of \('pls', 'ridge'\), got 'lasso'"),
+        "convention": ((X, Y, objects), {"ceiling_convention": "r"}, r"ceiling_convention must be one of .* got 'r'"),
+        "odd": ((X, Y, objects), {"odd_repetitions": "keep"}, r"odd_repetitions must be one of .* got 'keep'"),
         "Y_reps": (
             (X, Y, objects),
             {"Y_reps": np.zeros((4, STIMULI, SITES, BINS))},

@@ -15,6 +15,7 @@ from convrnn.neural.ost import (
     image_dprimes,
     object_solution_times,
     ost_consistency,
+    ost_consistency_per_split,
     solution_times,
 )
 
@@ -306,3 +307,66 @@ def test_other_errors():
     with pytest.raises(ValueError, match=r"target_dprime must be a scalar or one value per image \(12\)") as e:
         object_solution_times(GOOD_X, GOOD_OBJ, np.ones(5), np.array([70.0, 80]), np.array([80.0, 90]))
     _one_line(e)
+
+
+# --- Brain-Score's decoder objective and per-split protocol ----------------------------------------
+
+
+def _logistic_probabilities(X_train, y_train, X_test, weight_decay=0.463):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(X_train)
+    clf = LogisticRegression(C=1 / (weight_decay * len(y_train)), max_iter=10_000)
+    clf.fit(scaler.transform(X_train), y_train)
+    return clf.predict_proba(scaler.transform(X_test))
+
+
+def test_logistic_decoder_by_hand():
+    from sklearn.model_selection import StratifiedKFold
+
+    X, objects, onset, late = _delayed_signal(seed=3)
+    X, objects, onset, late = X[:, ::2], objects[::2], onset[::2], late[::2]  # 40 images
+    d = image_dprimes(X, objects, n_splits=4, decoder="logistic", n_jobs=1)
+    folds = list(StratifiedKFold(n_splits=4, shuffle=True, random_state=0).split(X[0], objects))
+    for b in (0, 5, 9):
+        P = np.empty((len(objects), 4))
+        for train, test in folds:
+            P[test] = _logistic_probabilities(X[b, train], objects[train], X[b, test])
+        np.testing.assert_allclose(d[b], i1_dprimes(P, objects), rtol=0, atol=1e-6)
+    # It decodes: the late images' d' rises after their onset.
+    timed = late & (np.arange(len(objects)) > 0)
+    ost = solution_times(d, 1.5, STARTS, ENDS)
+    assert spearmanr(ost[timed], onset[timed], nan_policy="omit").statistic > 0.7
+
+
+def test_per_split_protocol_is_brainscores():
+    from sklearn.model_selection import ShuffleSplit
+
+    X, objects, onset, late = _delayed_signal(seed=4)
+    reference = np.where(late, STARTS[onset], STARTS[1])  # the known decode times as the reference OSTs
+    res = ost_consistency_per_split(X, objects, 1.5, reference, STARTS, ENDS, decoder="logistic", n_jobs=1)
+    splits = list(ShuffleSplit(n_splits=10, test_size=0.1, random_state=1).split(X[0]))
+    np.testing.assert_array_equal(res.test_index, np.stack([t for _, t in splits]))
+    assert res.split_r.shape == res.n_images.shape == (10,)
+    np.testing.assert_allclose(res.r, np.nanmean(res.split_r))
+    # Split 0 by hand: decoders fitted on its 72 training images, d' of its 8 test images from their own
+    # probabilities only (false alarms from the test split), OSTs, Spearman with the reference.
+    train, test = splits[0]
+    present = np.unique(objects[test])
+    D = np.stack(
+        [
+            i1_dprimes(_logistic_probabilities(X[b, train], objects[train], X[b, test])[:, present], objects[test])
+            for b in range(10)
+        ]
+    )
+    c = ost_consistency(solution_times(D, 1.5, STARTS, ENDS), reference[test])
+    np.testing.assert_allclose(res.split_r[0], c.r, rtol=0, atol=1e-9)
+    assert res.n_images[0] == c.n_images
+    # The known decode times are recovered, split by split (a split whose 8 test images all have the same
+    # reference time has no rank correlation: NaN, skipped in the mean, as Brain-Score's xarray mean does).
+    assert res.r > 0.5 and np.isfinite(res.split_r).sum() >= 5
+    with pytest.raises(ValueError, match=r"reference_ost must have one value per image \(80\)"):
+        ost_consistency_per_split(X, objects, 3.0, reference[:5], STARTS, ENDS)
+    with pytest.raises(ValueError, match=r"decoder must be one of \('svm', 'logistic'\), got 'tree'"):
+        ost_consistency_per_split(X, objects, 3.0, reference, STARTS, ENDS, decoder="tree")

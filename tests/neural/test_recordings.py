@@ -30,7 +30,9 @@ def test_averages_and_repetitions_from_a_file(tmp_path):
     da = trials(reps=(3, 2, 4))
     path = save_assembly(da, tmp_path / "rec.nc")
     rec = load_recordings(path)
-    assert list(rec.stimulus_ids) == list(dict.fromkeys(da.stimulus_id.values))  # first-seen order
+    # Brain-Score's average_repetition order: sorted by (stimulus_id, object_name), the presentation
+    # coordinates in their order (tests/brainscore checks this against Brain-Score itself).
+    assert list(rec.stimulus_ids) == ["s0", "s1", "s2"] != list(dict.fromkeys(da.stimulus_id.values))
     for j, s in enumerate(rec.stimulus_ids):
         rows = da.values[da.stimulus_id.values == s]  # (trials, sites, bins)
         np.testing.assert_allclose(rec.Y[:, j], rows.mean(0).T)
@@ -39,6 +41,47 @@ def test_averages_and_repetitions_from_a_file(tmp_path):
         assert rec.objects[j] == f"obj{int(s[1:]) % 2}"
     assert rec.Y_reps.shape == (2, 5, 3, 4) and rec.n_reps == 2
     np.testing.assert_array_equal(rec.bin_start, 70.0 + 10 * np.arange(5))
+
+
+def test_stimulus_order_follows_the_coordinates_and_repetitions_their_coordinate():
+    da = trials(reps=(3, 3, 3, 3))
+    # object_name first (stimulus_id re-added last): sorted by object, then stimulus.
+    first_object = da.drop_vars("stimulus_id").assign_coords(stimulus_id=("presentation", da.stimulus_id.values))
+    assert list(load_recordings(first_object).stimulus_ids) == ["s0", "s2", "s1", "s3"]
+    assert list(load_recordings(da).stimulus_ids) == ["s0", "s1", "s2", "s3"]
+    # One row per stimulus (already averaged): the order as given.
+    once = trials(reps=(1, 1, 1, 1))
+    assert list(load_recordings(once).stimulus_ids) == list(once.stimulus_id.values)
+    # A complete repetition coordinate orders Y_reps by its values, whatever the file order.
+    rep = np.zeros(da.sizes["presentation"], dtype=int)
+    for s in np.unique(da.stimulus_id.values):
+        rows = np.flatnonzero(da.stimulus_id.values == s)
+        rep[rows] = [2, 0, 1]  # file order: repetition 2 first
+    rec = load_recordings(da.assign_coords(repetition=("presentation", rep)))
+    for j, s in enumerate(rec.stimulus_ids):
+        rows = da.values[da.stimulus_id.values == s]
+        np.testing.assert_allclose(rec.Y_reps[:, :, j], rows[[1, 2, 0]].transpose(0, 2, 1))
+    # An incomplete one (a repetition missing for one stimulus) falls back to file order.
+    rep[np.flatnonzero(da.stimulus_id.values == "s0")[0]] = 7
+    rec = load_recordings(da.assign_coords(repetition=("presentation", rep)))
+    rows = da.values[da.stimulus_id.values == "s0"]
+    np.testing.assert_allclose(rec.Y_reps[:, :, 0], rows.transpose(0, 2, 1))
+
+
+def test_squeezed_single_bin_assembly():
+    da = trials(bins=1)
+    expected = load_recordings(da)
+    by_edges = da.squeeze("time_bin")  # scalar time_bin_start / time_bin_end
+    pair = np.empty((), dtype=object)
+    pair[()] = (70, 80)
+    by_pair = by_edges.drop_vars(["time_bin_start", "time_bin_end"]).assign_coords(time_bin=pair)  # Brain-Score's
+    for squeezed in (by_edges, by_pair):
+        rec = load_recordings(squeezed)
+        np.testing.assert_array_equal(rec.Y, expected.Y)
+        np.testing.assert_array_equal(rec.Y_reps, expected.Y_reps)
+        assert (rec.bin_start.tolist(), rec.bin_end.tolist()) == ([70.0], [80.0])
+    with pytest.raises(RecordingsError, match=r"need a scalar time_bin \(start, end\) or scalar time_bin_start"):
+        load_recordings(by_edges.drop_vars(["time_bin_start", "time_bin_end"]))
 
 
 def test_region_selection_and_single_trials():

@@ -13,8 +13,12 @@ def test_ground_truth_recovered(experiment):
     true = predictivity(experiment.features, rec, offset_ms=experiment.delay_ms, n_components=10)
     # The noise ceiling is the reliability that the noise level implies.
     np.testing.assert_allclose(true.ceiling, analytic, atol=0.03)
-    # The generating model at the right delay is near the ceiling in every bin.
-    assert np.nanmean(true.ceiled) > 0.85 and np.nanmin(true.ceiled) > 0.75
+    # The generating model at the right delay explains most of the explainable variance in every bin
+    # (r^2/rho, the default convention; a 10-component PLS map from 86 training stimuli falls a little
+    # short of the generating map), and the raw r is reported beside it.
+    assert true.convention == "r2/rho" and true.to_dict()["ceiling_convention"] == "r2/rho"
+    np.testing.assert_allclose(true.ceiled, true.score**2 / true.ceiling)
+    assert np.nanmean(true.ceiled) > 0.8 and np.nanmin(true.ceiled) > 0.7
     # Stimuli shuffled against their features: no predictivity.
     rng = np.random.default_rng(0)
     ids = experiment.features.stimulus_id.values

@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from convrnn.brainscore.plugin import PluginError, write_plugin
-from convrnn.brainscore.timebins import TimeBinError, steps_for_bins, time_bin_weights
+from convrnn.brainscore.timebins import TimeBinError, as_time_bins, steps_for_bins, time_bin_weights
 
 __all__ = [
     "ConvRNNBrainModel",
     "PluginError",
     "TimeBinError",
+    "as_time_bins",
     "default_region_layer_map",
     "steps_for_bins",
     "time_bin_weights",

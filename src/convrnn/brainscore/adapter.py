@@ -3,8 +3,10 @@
 ``ConvRNNBrainModel(model, "my-rgc")`` answers Brain-Score's benchmarks directly:
 
 * ``start_recording(region, time_bins)`` + ``look_at(stimuli)``: the features of the region's layers
-  with the ``neural`` presentation (26 steps of 10 ms, image off after step 10), averaged over the model
-  steps that fall into each requested bin (see :mod:`convrnn.brainscore.timebins` for the exact rule),
+  with the ``neural`` presentation (26 steps of 10 ms, image off after step 10; unrolled further when a
+  requested bin ends after 260 ms), averaged over the model steps that fall into each requested bin
+  (see :mod:`convrnn.brainscore.timebins` for the exact rule, and for every form of ``time_bins``
+  Brain-Score passes),
   as a ``NeuroidAssembly`` ``presentation x neuroid x time_bin`` with ``time_bin_start``/``time_bin_end``.
   Only the steps some bin needs are computed.
 * ``start_task("label", "imagenet" | [labels])``: the model's own decision (its readout on its own
@@ -33,7 +35,7 @@ import torch
 from torch import Tensor
 from torchvision import transforms
 
-from convrnn.brainscore.timebins import TimeBinError, steps_for_bins, time_bin_weights
+from convrnn.brainscore.timebins import as_time_bins, steps_for_bins, time_bin_weights
 from convrnn.data.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform, load_image
 from convrnn.data.presentation import NEURAL_TIMES
 from convrnn.model import ConvRNN
@@ -72,7 +74,10 @@ class ConvRNNBrainModel(BrainModel):
         region_layer_map: ``{region: layer | area | [layers/areas]}`` (default: the spec's area aliases).
         class_labels: names of the model's output classes, for the ``label`` task of models that are not
             1000-class ImageNet models.
-        times: steps unrolled for recordings (26 with the neural presentation); bins must lie within.
+        times: steps unrolled for recordings; requested bins must lie within. Default: the neural
+            presentation's 26 (0-260 ms), or as many as the latest requested bin needs (the blank that
+            follows the image goes on, as it does after the image in the recordings), so benchmarks
+            whose bins run past 260 ms are answered. An explicit number is kept to.
         presentation: the presentation for recordings (``neural``: image off after step 10).
         offset_ms: when step 0 starts after stimulus onset.
         preprocess: ``"full"`` (resize the whole image, Brain-Score's convention) or ``"crop"`` (the
@@ -92,7 +97,7 @@ class ConvRNNBrainModel(BrainModel):
         visual_degrees: float = 8,
         region_layer_map: Mapping[str, str | Sequence[str]] | None = None,
         class_labels: Sequence[str] | None = None,
-        times: int = NEURAL_TIMES,
+        times: int | None = None,
         presentation: str = "neural",
         offset_ms: float = 0.0,
         preprocess: str = "full",
@@ -108,7 +113,7 @@ class ConvRNNBrainModel(BrainModel):
             raise ValueError(f"preprocess: unknown {preprocess!r} (known: {', '.join(PREPROCESS)})")
         if batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
-        if times < 1:
+        if times is not None and times < 1:
             raise ValueError(f"times: must be >= 1, got {times}")
         self.model = model.eval()
         self._identifier = identifier or model.spec.name
@@ -163,20 +168,28 @@ class ConvRNNBrainModel(BrainModel):
             self._classifier = self._fit_probabilities(fitting_stimuli)
             self._mode = "probabilities"
 
-    def start_recording(self, recording_target: str, time_bins: Sequence[Sequence[float]]) -> None:
-        """Record ``recording_target`` (``V4``, ``IT``, ...) in ``time_bins`` (ms) on every ``look_at``."""
+    def start_recording(self, recording_target: str, time_bins: Any) -> None:
+        """Record ``recording_target`` (``V4``, ``IT``, ...) in ``time_bins`` (ms) on every ``look_at``.
+
+        ``time_bins``: ``(start_ms, end_ms)`` pairs in any form Brain-Score passes (a list or tuple of
+        pairs, an ``(n, 2)`` array, an object array of tuples, ``[array((70, 170), dtype=object)]``
+        from a squeezed single-bin assembly, an xarray ``time_bin`` coordinate).
+        """
         if recording_target not in self.region_layer_map:
             known = ", ".join(self.region_layer_map) or "none"
             raise ValueError(
                 f"recording_target: region {recording_target!r} has no layers in {self.identifier!r} "
                 f"(mapped regions: {known}; pass region_layer_map to map it)"
             )
-        try:
-            time_bins = list(time_bins)  # benchmarks pass lists, tuples or arrays of (start, end)
-        except TypeError:
-            raise TimeBinError(f"time_bins: expected a list of (start_ms, end_ms) pairs, got {time_bins!r}") from None
-        weights = time_bin_weights(time_bins, self.times, self.model.spec.step_ms, self.offset_ms)
-        bins = [tuple(np.asarray(b).tolist()) for b in time_bins]
+        # Benchmarks pass lists, tuples, arrays of pairs, or (single-bin NeuralBenchmarks) a list holding
+        # a 0-d object array; as_time_bins takes every form and names the bin it cannot read.
+        bins = as_time_bins(time_bins)
+        step_ms = self.model.spec.step_ms
+        times = self.times
+        if times is None:  # the neural presentation's steps, or more if a bin ends later
+            latest = max((b for _, b in bins if np.isfinite(b)), default=self.offset_ms)
+            times = max(NEURAL_TIMES, int(np.ceil(round((latest - self.offset_ms) / step_ms, 9))))
+        weights = time_bin_weights(bins, times, step_ms, self.offset_ms)
         self._recording = {"region": recording_target, "bins": bins, "weights": weights}
         self._mode = "passive"
 

@@ -71,8 +71,8 @@ model_registry[{identifier!r}] = lambda: get_model({identifier!r})
 _MODEL = '''"""The convrnn model {identifier!r} as a Brain-Score BrainModel.
 
 Rebuilt by convrnn from spec.yaml and weights.safetensors in this folder. Recordings
-(start_recording + look_at) use the neural presentation ({times} steps of {step_ms:g} ms, image off after
-step 10) and average the model steps that fall into each requested time bin; region -> layers is in
+(start_recording + look_at) use the neural presentation ({steps}, image off after step 10)
+and average the model steps that fall into each requested time bin; region -> layers is in
 region_layer_map/{identifier}.json. See convrnn.brainscore.ConvRNNBrainModel.
 """
 
@@ -320,8 +320,11 @@ def _write_files(
             class_labels=class_labels,
             options=dict(options),
             bibtex=BIBTEX,
-            times=int(options.get("times", 26)),  # type: ignore[call-overload]
-            step_ms=spec.step_ms,
+            steps=(
+                f"{int(options['times'])} steps of {spec.step_ms:g} ms"  # type: ignore[call-overload]
+                if "times" in options
+                else f"26 steps of {spec.step_ms:g} ms, more when a requested bin ends later"
+            ),
         )
     )
     (folder / "test.py").write_text(_TEST.format(identifier=identifier))

@@ -14,30 +14,64 @@ the zoo). A requested bin ``[a, b)`` becomes a weighted average of model steps:
 A bin must lie inside the unrolled window ``[offset, offset + times * step_ms]``: a model cannot report
 what it was not run for, and averaging only the part that was run would mislabel the bin.
 
+Bins come in every form Brain-Score hands a model (:func:`as_time_bins`): a list or tuple of pairs, a
+NumPy ``(n, 2)`` array, an object array of pair tuples (``assembly['time_bin'].values`` of a temporal
+assembly), a list holding a 0-d object array (``timebins_from_assembly`` of an assembly whose time bin
+was squeezed away: ``[array((70, 170), dtype=object)]``), or an xarray ``time_bin`` coordinate.
+
 Pure NumPy: usable (and tested) without Brain-Score installed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["TimeBinError", "steps_for_bins", "time_bin_weights"]
+__all__ = ["TimeBinError", "as_time_bins", "steps_for_bins", "time_bin_weights"]
 
 
 class TimeBinError(ValueError):
     """A requested time bin cannot be mapped onto the model's steps; the message names the bin."""
 
 
-def _as_bins(time_bins: Sequence[Sequence[float]]) -> np.ndarray:
+def _pair(b: Any) -> list[Any]:
+    """One bin as a plain list: 0-d object arrays and tuples alike (Brain-Score's temporal wrapper
+    unpacks them the same way, with ``.tolist()``)."""
+    if hasattr(b, "tolist"):  # NumPy arrays and scalars; a 0-d object array gives back its tuple
+        b = b.tolist()
+    return list(b)
+
+
+def as_time_bins(time_bins: Any) -> list[tuple[float, float]]:
+    """``[(start_ms, end_ms), ...]`` from any form Brain-Score passes (see the module docstring).
+
+    Raises:
+        TimeBinError: not a non-empty sequence of pairs of numbers (the message shows what was given).
+    """
+    given = time_bins
+    if hasattr(time_bins, "dims") and hasattr(time_bins, "values"):  # an xarray coordinate or DataArray
+        time_bins = time_bins.values
+    if isinstance(time_bins, np.ndarray):
+        # A 0-d array is one squeezed bin; a numeric (n, 2) array becomes lists; an object array of
+        # tuples is iterated as it is.
+        time_bins = (
+            [time_bins] if time_bins.ndim == 0 else time_bins.tolist() if time_bins.dtype != object else time_bins
+        )
+    message = f"time_bins: expected a non-empty list of (start_ms, end_ms) pairs, got {given!r}"
     try:
-        bins = np.asarray([[float(v) for v in b] for b in time_bins], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TimeBinError(f"time_bins: expected (start_ms, end_ms) pairs, got {time_bins!r}") from None
-    if bins.ndim != 2 or bins.shape[1] != 2 or len(bins) == 0:
-        raise TimeBinError(f"time_bins: expected a non-empty list of (start_ms, end_ms) pairs, got {time_bins!r}")
-    return bins
+        bins = [_pair(b) for b in time_bins]
+        out = [(float(b[0]), float(b[1])) for b in bins if len(b) == 2]
+    except (TypeError, ValueError, IndexError):
+        raise TimeBinError(message) from None
+    if len(out) != len(bins) or not out:
+        raise TimeBinError(message)
+    return out
+
+
+def _as_bins(time_bins: Any) -> np.ndarray:
+    return np.asarray(as_time_bins(time_bins), dtype=np.float64)
 
 
 def time_bin_weights(
@@ -46,7 +80,8 @@ def time_bin_weights(
     """Weights ``(len(time_bins), times)``: row ``i`` averages the model steps into requested bin ``i``.
 
     Args:
-        time_bins: ``[(start_ms, end_ms), ...]`` after stimulus onset, e.g. ``[(70, 80), (100, 200)]``.
+        time_bins: ``[(start_ms, end_ms), ...]`` after stimulus onset, e.g. ``[(70, 80), (100, 200)]``,
+            in any form :func:`as_time_bins` takes.
         times: steps the model is unrolled for (26 with the ``neural`` presentation).
         step_ms: milliseconds per step.
         offset_ms: when step 0 starts, in ms after onset.

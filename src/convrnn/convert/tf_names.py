@@ -10,7 +10,11 @@ The reference names variables ``tnn_model/<layer>/...``:
   ``ReciprocalGateCell/cell/tau/weights`` (shallow cell).
 
 - ``normalize/softmax_beta`` and ``decoder_threshold``: the temporal decoders' scalars
-  (``tmaxconf``/``dthresh`` models).
+  (``tmaxconf``/``dthresh`` models). A trainable one (``tmaxconf``'s temperature) is a parameter and
+  goes into the state dict; a frozen one (``dthresh``'s temperature and threshold, ``tmaxconf``'s
+  threshold) is not state, so :func:`tf_to_state_dict` sets the checkpoint's value on the model's
+  decoder and in its spec (``spec.readout.beta`` / ``.threshold``), which the converter saves with the
+  weights: a checkpoint is the truth about its model, whatever the zoo's defaults (1.0, 0.9) say.
 
 Layouts change on the way: conv kernels HWIO -> OIHW, depthwise kernels [kh, kw, in, 1] ->
 [in, 1, kh, kw], FC [in, out] -> [out, in], LSTM peepholes [H, W, C] -> [C, H, W]. Every variable must
@@ -20,6 +24,8 @@ the model must be filled; anything left over on either side raises an error list
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from collections.abc import Mapping
 
@@ -236,8 +242,9 @@ def _stage(pool: _Pool, ops: nn.ModuleList, base: str, stage: str, key: str, out
 _DEAD_DECODER_SCALARS = ("probs/softmax_beta", "alpha/softmax_beta")
 
 
-def _decoder(pool: _Pool, model: ConvRNN, prefix: str, out: dict[str, Tensor]) -> None:
-    """The max-confidence / threshold decoders' temperature and threshold (``dthresh``/``tmaxconf``)."""
+def _decoder(pool: _Pool, model: ConvRNN, prefix: str, out: dict[str, Tensor], frozen: dict[str, float]) -> None:
+    """The max-confidence / threshold decoders' temperature and threshold (``dthresh``/``tmaxconf``):
+    trainable ones into ``out``, frozen ones into ``frozen`` (set on the model once everything maps)."""
     for name in _DEAD_DECODER_SCALARS:
         if pool.has(f"{prefix}/{name}"):
             pool.take(f"{prefix}/{name}")
@@ -248,16 +255,46 @@ def _decoder(pool: _Pool, model: ConvRNN, prefix: str, out: dict[str, Tensor]) -
         if isinstance(value, nn.Parameter):
             out[f"decoder.{attr}"] = torch.from_numpy(pool.take(key)).reshape(1)
         elif pool.has(key) and dec.decoder in ("max_conf", "threshold"):
-            # A frozen scalar: the spec holds it; the checkpoint must agree.
-            got = float(pool.take(key).reshape(-1)[0])
-            if abs(got - float(value)) > 1e-6:
-                raise NameMapError(f"{key}: checkpoint has {got}, the model's readout spec says {float(value)}")
+            arr = pool.take(key)
+            if arr.size != 1:
+                raise NameMapError(f"{key}: expected one value, the checkpoint has shape {arr.shape}")
+            got = float(arr.reshape(-1)[0])
+            if not math.isfinite(got):
+                raise NameMapError(f"{key}: checkpoint has {got}, not a finite number")
+            if attr == "threshold" and not 0.0 < got <= 1.0:
+                raise NameMapError(f"{key}: checkpoint has {got}; a threshold on a softmax probability lies in (0, 1]")
+            frozen[attr] = got
+
+
+def set_decoder_scalars(model: ConvRNN, *, beta: float | None = None, threshold: float | None = None) -> None:
+    """Set a model's frozen decoder temperature and/or threshold, on its decoder and in its spec.
+
+    Only for scalars the model holds as constants (a trainable one is a parameter: load it as state).
+    The spec is replaced by an updated copy, so a spec object shared with other models is not changed.
+    """
+    dec = model.decoder
+    values = {k: v for k, v in (("beta", beta), ("threshold", threshold)) if v is not None}
+    for attr in values:
+        if isinstance(getattr(dec, attr), nn.Parameter):
+            raise ValueError(f"{attr}: {model.spec.name!r} learns its decoder {attr}; load it as a parameter")
+    if not values:
+        return
+    readout = dataclasses.replace(model.spec.readout, **values)
+    model.spec = dataclasses.replace(model.spec, readout=readout).validate()
+    for attr, v in values.items():
+        setattr(dec, attr, float(v))
 
 
 def tf_to_state_dict(model: ConvRNN, tf: Mapping[str, np.ndarray], prefix: str = PREFIX) -> dict[str, Tensor]:
-    """Convert reference TF variables (name -> array) into ``model``'s state dict, one-to-one."""
+    """Convert reference TF variables (name -> array) into ``model``'s state dict, one-to-one.
+
+    Frozen decoder scalars in the checkpoint are not state: when everything maps, they are set on
+    ``model`` (:func:`set_decoder_scalars`), so the model, and the spec saved with its weights, are the
+    checkpoint's. Nothing on the model changes when the mapping fails.
+    """
     pool = _Pool(tf)
     out: dict[str, Tensor] = {}
+    frozen: dict[str, float] = {}
     problems = []
     for name, layer in model.layers.items():
         base, key = f"{prefix}/{name}", f"layers.{name}"
@@ -272,7 +309,7 @@ def tf_to_state_dict(model: ConvRNN, tf: Mapping[str, np.ndarray], prefix: str =
             except NameMapError as e:
                 problems.append(str(e))
     try:
-        _decoder(pool, model, prefix, out)
+        _decoder(pool, model, prefix, out, frozen)
     except NameMapError as e:
         problems.append(str(e))
     own = model.state_dict()
@@ -286,9 +323,10 @@ def tf_to_state_dict(model: ConvRNN, tf: Mapping[str, np.ndarray], prefix: str =
             problems.append(f"{k}: checkpoint shape {tuple(v.shape)} != model shape {tuple(own[k].shape)}")
     if problems:
         raise NameMapError("; ".join(problems))
+    set_decoder_scalars(model, **frozen)
     return {k: v.to(own[k].dtype) for k, v in out.items()}
 
 
 def load_tf_weights(model: ConvRNN, tf: Mapping[str, np.ndarray], prefix: str = PREFIX) -> None:
-    """Load reference TF variables into ``model`` (see :func:`tf_to_state_dict`)."""
+    """Load reference TF variables into ``model``, frozen decoder scalars included (see :func:`tf_to_state_dict`)."""
     model.load_state_dict(tf_to_state_dict(model, tf, prefix))

@@ -2,14 +2,21 @@
 
 from convrnn.neural.assembly import image_paths, load_assembly, model_features, save_assembly
 from convrnn.neural.fit import (
+    CEILING_CONVENTIONS,
+    DEFAULT_CEILING_CONVENTION,
+    DEFAULT_SEED,
     MAPPINGS,
+    ODD_REPETITIONS,
     FitResult,
     aggregate,
+    ceil_score,
     cv_splits,
     fit_per_bin,
     fit_per_bin_sklearn,
     pearson_r,
+    repetition_halves,
     split_half_ceiling,
+    split_half_consistency,
 )
 from convrnn.neural.ost import (
     OSTResult,
@@ -25,7 +32,11 @@ from convrnn.neural.score import ALIGNMENTS, Predictivity, bin_weights, feedforw
 
 __all__ = [
     "ALIGNMENTS",
+    "CEILING_CONVENTIONS",
+    "DEFAULT_CEILING_CONVENTION",
+    "DEFAULT_SEED",
     "MAPPINGS",
+    "ODD_REPETITIONS",
     "FitResult",
     "OSTResult",
     "Predictivity",
@@ -34,6 +45,7 @@ __all__ = [
     "SolutionTimes",
     "aggregate",
     "bin_weights",
+    "ceil_score",
     "cv_splits",
     "feedforward_features",
     "fit_per_bin",
@@ -48,7 +60,9 @@ __all__ = [
     "ost_consistency",
     "pearson_r",
     "predictivity",
+    "repetition_halves",
     "save_assembly",
     "solution_times",
     "split_half_ceiling",
+    "split_half_consistency",
 ]

@@ -11,6 +11,7 @@ import numpy as np
 from convrnn.files import save_figure, write_text
 from convrnn.model import ConvRNN
 from convrnn.neural.assembly import image_paths, load_assembly, model_features, save_assembly
+from convrnn.neural.fit import CEILING_CONVENTIONS, DEFAULT_CEILING_CONVENTION, DEFAULT_SEED, ODD_REPETITIONS
 from convrnn.neural.recordings import Recordings, load_recordings
 from convrnn.neural.score import (
     ALIGNMENTS,
@@ -36,7 +37,6 @@ def _neural_args(p: argparse.ArgumentParser) -> None:
         "--features", type=Path, help="cache of the model's features (NetCDF): read if present, else written"
     )
     p.add_argument("--out", type=Path, default=Path("neural_fit"), help="folder for the JSON and PNG")
-    p.add_argument("--seed", type=int, default=0, help="seed of the splits (and of random initial weights)")
 
 
 def _features(model: ConvRNN, args: argparse.Namespace, areas: list[str]):
@@ -63,7 +63,14 @@ def cmd_fit(args: argparse.Namespace, build: Callable[[argparse.Namespace], Conv
     image_paths(args.stimuli)  # fail on a bad folder before the model runs
     feats = _features(model, args, areas)
     common = dict(
-        mapping=args.mapping, n_components=args.components, alpha=args.alpha, n_splits=args.splits, seed=args.seed
+        mapping=args.mapping,
+        n_components=args.components,
+        alpha=args.alpha,
+        n_splits=args.splits,
+        seed=args.seed,
+        spantime=args.spantime,
+        ceiling_convention=args.ceiling_convention,
+        odd_repetitions=args.odd_repetitions,
     )
     results: list[Predictivity] = [
         predictivity(feats, rec, alignment="steps", offset_ms=args.offset_ms, name=model.spec.name, **common)
@@ -82,17 +89,34 @@ def cmd_fit(args: argparse.Namespace, build: Callable[[argparse.Namespace], Conv
 
 
 def _print_table(results: list[Predictivity]) -> None:
+    """Raw r and, with repetitions, the ceiled score (its convention named) per bin and feature set."""
     first = results[0]
     ceiled = first.ceiled is not None
-    heads = [f"{r.alignment}" for r in results]
-    print(f"{'bin (ms)':>10s} " + " ".join(f"{h:>9s}" for h in heads) + ("  ceiling" if ceiled else ""))
+    cols = [(r, "r") for r in results] + ([(r, "ceiled") for r in results] if ceiled else [])
+    heads = [f"{r.alignment} {what}" for r, what in cols]
+    print(f"{'bin (ms)':>10s} " + " ".join(f"{h:>15s}" for h in heads) + ("  ceiling" if ceiled else ""))
     for b in range(len(first.bin_start)):
-        vals = " ".join(f"{(r.ceiled if ceiled else r.score)[b]:9.3f}" for r in results)
+        vals = " ".join(f"{(r.score if what == 'r' else r.ceiled)[b]:15.3f}" for r, what in cols)
         ceil = f"  {first.ceiling[b]:7.3f}" if ceiled else ""
         print(f"{f'{first.bin_start[b]:g}-{first.bin_end[b]:g}':>10s} {vals}{ceil}")
-    what = "noise-corrected (score / ceiling)" if ceiled else "raw (no repetitions: no ceiling)"
-    means = ", ".join(f"{r.name} [{r.alignment}] {np.nanmean(r.ceiled if ceiled else r.score):.3f}" for r in results)
-    print(f"{what}; mean over bins: {means}")
+    print("r: median Pearson r over sites, mean over splits (raw)")
+    if ceiled:
+        print(f"ceiled: noise-corrected, {first.convention} ({_CONVENTION_NOTES[first.convention]})")
+    else:
+        print("no repetitions in the recordings: no ceiling")
+    means = ", ".join(
+        f"{r.name} [{r.alignment}] r {np.nanmean(r.score):.3f}"
+        + (f", ceiled {np.nanmean(r.ceiled):.3f}" if ceiled else "")
+        for r in results
+    )
+    print(f"mean over bins: {means}")
+
+
+_CONVENTION_NOTES = {
+    "r2/rho": "r^2 / ceiling, Brain-Score 2's explained variance",
+    "r/rho": "r / ceiling, Brain-Score 1 and Kar2019; a perfect model scores 1/sqrt(ceiling) > 1",
+    "r/sqrt(rho)": "r / sqrt(ceiling), correction for attenuation",
+}
 
 
 def _targets(args: argparse.Namespace, rec: Recordings) -> np.ndarray:
@@ -127,9 +151,34 @@ def _solution_times(groups: list[tuple[np.ndarray, np.ndarray]], rec: Recordings
     n_bins = len(rec.bin_start)
     D = np.full((n_bins, len(rec.stimulus_ids)), np.nan)
     for bins, X in groups:  # a graded control has one group of bins per layer
-        D[bins] = image_dprimes(np.ascontiguousarray(X), rec.objects, n_splits=args.splits, seed=args.seed, C=args.C)
+        D[bins] = image_dprimes(
+            np.ascontiguousarray(X), rec.objects, n_splits=args.splits, seed=args.seed, C=args.C, decoder=args.decoder
+        )
     ost = solution_times(D, target, rec.bin_start, rec.bin_end)
     return SolutionTimes(ost, D, target, rec.bin_start, rec.bin_end)
+
+
+def _per_split(
+    groups: list[tuple[np.ndarray, np.ndarray]], rec: Recordings, target: np.ndarray, neural_ost, args, seed: int
+):
+    """The model's OSTs against the recordings' with Brain-Score's per-split protocol (one feature group)."""
+    from convrnn.neural.ost import ost_consistency_per_split
+
+    if len(groups) != 1:
+        return None  # a graded control changes layers between bins: its bins are not one feature array
+    ((bins, X),) = groups
+    return ost_consistency_per_split(
+        np.ascontiguousarray(X),
+        rec.objects,
+        target,
+        neural_ost,
+        rec.bin_start[bins],
+        rec.bin_end[bins],
+        n_splits=args.splits,
+        seed=seed,
+        decoder=args.decoder,
+        C=args.C,
+    )
 
 
 def cmd_ost(args: argparse.Namespace, build: Callable[[argparse.Namespace], ConvRNN]) -> int:
@@ -139,6 +188,9 @@ def cmd_ost(args: argparse.Namespace, build: Callable[[argparse.Namespace], Conv
 
     from convrnn.neural.ost import ost_consistency
 
+    # One --seed for both; unset, the folds keep 0 and the per-split protocol takes Brain-Score's 1.
+    split_seed = DEFAULT_SEED if args.seed is None else args.seed
+    args.seed = 0 if args.seed is None else args.seed
     torch.manual_seed(args.seed)
     model = build(args).eval()
     rec = load_recordings(args.neural, region=args.region)
@@ -158,8 +210,13 @@ def cmd_ost(args: argparse.Namespace, build: Callable[[argparse.Namespace], Conv
     for name, groups in systems.items():
         st = _solution_times(groups, rec, target, args)
         c = ost_consistency(st.ost_ms, neural.ost_ms)
-        results[name] = (st, c)
+        split = None
+        if args.protocol == "per-split":
+            split = _per_split(groups, rec, target, neural.ost_ms, args, split_seed)
+        results[name] = (st, c, split)
         print(f"{name:44s} {int(np.isfinite(st.ost_ms).sum()):7d} {c.n_images:5d} {c.r:10.3f} {c.p:8.2g}")
+        if split is not None:
+            print(f"{'  per split (Brain-Score protocol), mean':44s} {'':7s} {'':5s} {split.r:10.3f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -171,9 +228,21 @@ def cmd_ost(args: argparse.Namespace, build: Callable[[argparse.Namespace], Conv
         "stimulus_id": [str(s) for s in rec.stimulus_ids],
         "target_dprime": clean(target),
         "neural_ost_ms": clean(neural.ost_ms),
+        "decoder": args.decoder,
+        "protocol": args.protocol,
         "systems": {
-            name: {"ost_ms": clean(st.ost_ms), "spearman_r": c.r, "n_images": c.n_images, "p": c.p}
-            for name, (st, c) in results.items()
+            name: {
+                "ost_ms": clean(st.ost_ms),
+                "spearman_r": c.r,
+                "n_images": c.n_images,
+                "p": c.p,
+                **(
+                    {"split_mean_spearman_r": split.r, "split_spearman_r": clean(split.split_r)}
+                    if split is not None
+                    else {}
+                ),
+            }
+            for name, (st, c, split) in results.items()
         },
     }
     write_text(out / "ost.json", json.dumps(payload, indent=1, allow_nan=True))
@@ -191,7 +260,7 @@ def _plot_ost(out: Path, neural, results: dict, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     t = neural.bin_starts_ms
     axes[0].plot(t, np.nanmean(neural.dprimes, axis=1), color="k", label="recordings")
-    for name, (st, c) in results.items():
+    for name, (st, c, _) in results.items():
         axes[0].plot(t, np.nanmean(st.dprimes, axis=1), label=name)
         both = np.isfinite(st.ost_ms) & np.isfinite(neural.ost_ms)
         axes[1].scatter(neural.ost_ms[both], st.ost_ms[both], s=8, label=f"{name}: r={c.r:.2f} (n={c.n_images})")
@@ -215,6 +284,35 @@ def add_commands(sub: argparse._SubParsersAction, model_args: Callable, build: C
     s.add_argument("--components", type=int, default=25, help="PLS components (default 25)")
     s.add_argument("--alpha", type=float, default=1.0, help="ridge penalty (default 1)")
     s.add_argument("--splits", type=int, default=10, help="cross-validation splits, 90/10 stratified by object")
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"random_state of the splits and the ceiling's halves, and seed of random initial weights "
+        f"(default {DEFAULT_SEED}, Brain-Score's)",
+    )
+    s.add_argument(
+        "--spantime",
+        action="store_true",
+        help="one map across all bins per split (Brain-Score's spantime_pls, its temporal MajajHong2015 "
+        "benchmarks) instead of one per bin",
+    )
+    s.add_argument(
+        "--ceiling-convention",
+        default=DEFAULT_CEILING_CONVENTION,
+        choices=CEILING_CONVENTIONS,
+        help="how the noise-corrected score is formed from r and the split-half ceiling rho: r2/rho "
+        "(Brain-Score 2's explained variance; a perfect model scores about 1), r/rho (Brain-Score 1, "
+        "Kar2019; a perfect model scores 1/sqrt(rho) > 1), r/sqrt(rho) (correction for attenuation). "
+        f"Default {DEFAULT_CEILING_CONVENTION}; raw r is always reported beside it",
+    )
+    s.add_argument(
+        "--odd-repetitions",
+        default="split",
+        choices=ODD_REPETITIONS,
+        help="ceiling halves of an odd repetition count: split (4/5 of 9, Brain-Score's; default) or drop "
+        "one (4/4, equally reliable halves)",
+    )
     s.add_argument("--control-areas", nargs="+", help="layers/areas of the graded control (default V4 pIT cIT-aIT)")
     s.add_argument("--no-control", action="store_true", help="skip the feedforward controls")
     s.set_defaults(fn=lambda a: cmd_fit(a, build), alignments=ALIGNMENTS)
@@ -225,7 +323,29 @@ def add_commands(sub: argparse._SubParsersAction, model_args: Callable, build: C
     s.add_argument("--target-dprime", type=float, help="d' every image must reach (or per image: --behavior)")
     s.add_argument("--behavior", type=Path, help="per-image behavioural d': CSV (stimulus_id,dprime) or NetCDF")
     s.add_argument("--splits", type=int, default=10, help="cross-validation folds of the per-bin SVMs")
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"seed of the folds (default 0), of --protocol per-split's splits (default {DEFAULT_SEED}, "
+        "Brain-Score's) and of random initial weights",
+    )
     s.add_argument("--C", type=float, default=0.01, help="linear SVM regularisation (default 0.01)")
+    s.add_argument(
+        "--decoder",
+        default="svm",
+        choices=("svm", "logistic"),
+        help="per-bin decoder: svm (the papers' linear SVM, Platt-calibrated; default) or logistic "
+        "(Brain-Score's softmax readout objective, weight decay 0.463)",
+    )
+    s.add_argument(
+        "--protocol",
+        default="pooled",
+        choices=("pooled", "per-split"),
+        help="pooled (default): every image held out once in k folds, d' and one Spearman r over all images; "
+        "per-split: also Brain-Score's Kar2019 protocol for the model (random 10%% test splits, d' and "
+        "Spearman r per split, mean over splits)",
+    )
     s.add_argument("--control-areas", nargs="+", help="layers/areas of the graded control (default V4 pIT cIT-aIT)")
     s.add_argument("--no-control", action="store_true", help="skip the feedforward control")
     s.set_defaults(fn=lambda a: cmd_ost(a, build), out=Path("neural_ost"))

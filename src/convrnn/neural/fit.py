@@ -3,16 +3,33 @@
 Conventions follow Brain-Score's ``CrossRegressedCorrelation``:
 
 * **Splits.** ``n_splits`` random 90/10 train/test splits of the stimuli, stratified by object label
-  (``sklearn.model_selection.StratifiedShuffleSplit(n_splits, test_size=test_size, random_state=seed)``).
-  The same splits are used for every time bin, so bins are comparable.
+  (``sklearn.model_selection.StratifiedShuffleSplit(n_splits, test_size=test_size, random_state=seed)``;
+  ``seed=1`` by default, Brain-Score's ``random_state``). The same splits are used for every time bin,
+  so bins are comparable. The splits index the stimuli in the order given; for Brain-Score's splits,
+  give them in the order of Brain-Score's averaged assembly (:func:`~convrnn.neural.load_recordings`
+  does).
 * **Mapping.** Per bin and split, a linear map from features to all sites at once is fitted on the
   training stimuli: PLS regression (``PLSRegression(n_components, scale=False)``, the default) or
-  ridge regression (``Ridge(alpha)``, with intercept).
+  ridge regression (``Ridge(alpha)``, with intercept). ``spantime=True`` fits one map per split on the
+  training stimuli of *all* bins stacked as samples and predicts each bin with it (Brain-Score's
+  ``spantime_pls``, used by its temporal MajajHong2015 benchmarks).
 * **Score.** Pearson r between predicted and recorded responses over the test stimuli, per site.
   Aggregation order (Brain-Score's): for each split, the median of r over sites; then the mean of
   those medians over splits. ``FitResult.r`` keeps the full (bins, splits, sites) array.
-* **Ceiling.** Split-half reliability of the recordings with Spearman–Brown correction
-  (:func:`split_half_ceiling`); the ceiled score is ``score / ceiling``.
+* **Ceiling.** Split-half reliability ρ of the recordings with Spearman–Brown correction
+  (:func:`split_half_ceiling`, Brain-Score's ``internal_consistency``: ``n_splits`` random halves of the
+  repetitions, ``ShuffleSplit(train_size=0.5, random_state=seed)``; with an odd count the halves differ
+  by one, 4/5 of 9, unless ``odd_repetitions="drop"``).
+* **Ceiled score** (:func:`ceil_score`), a named convention, always reported beside the raw r:
+
+  - ``"r2/rho"`` (default; Brain-Score 2's ``explained_variance``, used by ``NeuralBenchmark``):
+    ``score**2 / ceiling``. ρ is the reliability of the trial-averaged responses, i.e. the share of
+    their variance that is signal, and a perfect model's r is about √ρ, so a perfect model scores
+    about 1. The sign of r is lost (a negative r scores as its absolute value).
+  - ``"r/rho"`` (Brain-Score 1; Brain-Score 2's ``Kar2019-ost`` ``ceil_score``): ``score / ceiling``.
+    Over-corrects: a perfect model scores about 1/√ρ, above 1 whenever the data are noisy.
+  - ``"r/sqrt(rho)"`` (Spearman's correction for attenuation): ``score / sqrt(ceiling)``: the square
+    root of ``r2/rho`` with r's sign, on the correlation scale; a perfect model scores about 1.
 
 Two implementations give the same numbers (to 1e-6, tested):
 
@@ -74,17 +91,32 @@ import scipy.linalg
 from sklearn.exceptions import ConvergenceWarning
 
 __all__ = [
+    "CEILING_CONVENTIONS",
+    "DEFAULT_CEILING_CONVENTION",
+    "DEFAULT_SEED",
     "MAPPINGS",
+    "ODD_REPETITIONS",
     "FitResult",
     "aggregate",
+    "ceil_score",
     "cv_splits",
     "fit_per_bin",
     "fit_per_bin_sklearn",
     "pearson_r",
+    "repetition_halves",
     "split_half_ceiling",
+    "split_half_consistency",
 ]
 
 MAPPINGS = ("pls", "ridge")
+# How a correlation is put on the ceiling's scale (see the module docstring and :func:`ceil_score`).
+CEILING_CONVENTIONS = ("r2/rho", "r/rho", "r/sqrt(rho)")
+DEFAULT_CEILING_CONVENTION = "r2/rho"  # Brain-Score 2's NeuralBenchmark
+# Brain-Score's splits use random_state=1 (metric_helpers.transformations.Split.Defaults): the same
+# seed gives the same splits, so the same data give the same numbers.
+DEFAULT_SEED = 1
+# Odd repetition counts: "split" halves them 4/5 of 9 (Brain-Score), "drop" leaves one out (4/4).
+ODD_REPETITIONS = ("split", "drop")
 
 # sklearn PLSRegression's defaults (max_iter=500, tol=1e-06); the fast path must stop where it stops.
 _PLS_MAX_ITER = 500
@@ -106,7 +138,10 @@ class FitResult:
         score: (bins,) for each split the median of ``r`` over sites, then the mean over splits.
         ceiling: (bins,) split-half noise ceiling (:func:`split_half_ceiling`) when repetitions were
             given, else None.
-        ceiled: (bins,) ``score / ceiling``, or None.
+        ceiled: (bins,) the score on the ceiling's scale under ``convention`` (:func:`ceil_score`),
+            or None.
+        convention: the ceiling convention of ``ceiled`` (one of :data:`CEILING_CONVENTIONS`), or None
+            without a ceiling.
         predictions: (bins, splits, n_test, sites) predicted responses of the test stimuli.
         test_index: (splits, n_test) stimulus indices of each split's test set (row order of
             ``predictions``).
@@ -118,6 +153,7 @@ class FitResult:
     ceiled: np.ndarray | None = None
     predictions: np.ndarray | None = None
     test_index: np.ndarray | None = None
+    convention: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,12 +192,14 @@ def aggregate(r: np.ndarray) -> np.ndarray:
 
 
 def cv_splits(
-    objects: np.ndarray, n_splits: int = 10, test_size: float = 0.1, seed: int = 0
+    objects: np.ndarray, n_splits: int = 10, test_size: float = 0.1, seed: int = DEFAULT_SEED
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified random train/test splits: ``(train (splits, n_train), test (splits, n_test))``.
 
     ``StratifiedShuffleSplit(n_splits, test_size=test_size, random_state=seed)`` on the object labels;
-    every split has the same sizes, so the index arrays stack.
+    every split has the same sizes, so the index arrays stack. With ``test_size=0.1`` the sizes equal
+    Brain-Score's ``train_size=0.9`` (checked for every count up to 20,000), so with its seed (1, the
+    default) and the stimuli in its order these are its splits.
     """
     from sklearn.model_selection import StratifiedShuffleSplit
 
@@ -176,43 +214,95 @@ def cv_splits(
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def split_half_ceiling(Y_reps: np.ndarray, n_splits: int = 10, seed: int = 0) -> np.ndarray:
-    """Split-half noise ceiling per time bin, Spearman–Brown corrected.
+def repetition_halves(
+    n_reps: int, n_splits: int = 10, seed: int = DEFAULT_SEED, odd_repetitions: str = "split"
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The random halves of ``n_reps`` repetitions the split-half ceiling averages: ``[(a, b), ...]``.
 
-    Args:
-        Y_reps: (reps, bins, stimuli, sites) single-repetition responses.
-        n_splits: number of random half splits of the repetitions.
-        seed: seed of the random splits (NumPy ``default_rng``); the same split is used for every bin.
+    ``"split"`` (Brain-Score's ``internal_consistency``): ``ShuffleSplit(n_splits, train_size=0.5,
+    random_state=seed)`` over the repetitions (in the order of their ``repetition`` coordinate), so
+    an odd count splits unevenly, 4 and 5 of 9. ``"drop"``: halves of ``n_reps // 2`` each, one
+    repetition left out per split, so both halves are equally reliable, as the Spearman–Brown formula
+    assumes (with 4/5 it slightly underestimates the reliability of the full average).
+    """
+    from sklearn.model_selection import ShuffleSplit
 
-    Returns:
-        (bins,) ceiling. For each split the repetitions are shuffled and cut into two halves of
-        ``reps // 2`` each (one repetition is left out when ``reps`` is odd, so the halves are equally
-        reliable, which the Spearman–Brown formula assumes); each half is averaged; per site, the
-        Pearson r between the two half-averages across stimuli is corrected to the reliability of the
-        full average, ``r' = 2r / (1 + r)``; then the median over sites; then the mean over splits.
+    if odd_repetitions not in ODD_REPETITIONS:
+        raise ValueError(f"odd_repetitions must be one of {ODD_REPETITIONS}, got {odd_repetitions!r}")
+    if n_splits < 1:
+        raise ValueError(f"n_ceiling_splits must be >= 1, got {n_splits}")
+    if n_reps < 2:
+        raise ValueError(f"Y_reps needs at least 2 repetitions for a split-half ceiling, got {n_reps}")
+    if odd_repetitions == "split":
+        ss = ShuffleSplit(n_splits=n_splits, train_size=0.5, random_state=seed)
+    else:
+        half = n_reps // 2
+        ss = ShuffleSplit(n_splits=n_splits, train_size=half, test_size=half, random_state=seed)
+    return list(ss.split(np.zeros((n_reps, 1))))
+
+
+def split_half_consistency(
+    Y_reps: np.ndarray, n_splits: int = 10, seed: int = DEFAULT_SEED, odd_repetitions: str = "split"
+) -> np.ndarray:
+    """Spearman–Brown corrected split-half r per split, bin and site: ``(splits, bins, sites)``.
+
+    For each split of :func:`repetition_halves`, each half's repetitions are averaged; per site, the
+    Pearson r between the two half-averages across stimuli is corrected to the reliability of the
+    full average, ``r' = 2r / (1 + r)`` (NaN for a site that is constant in a half).
     """
     Y_reps = np.asarray(Y_reps, dtype=np.float64)
     if Y_reps.ndim != 4:
         raise ValueError(f"Y_reps must be (reps, bins, stimuli, sites), got shape {Y_reps.shape}")
-    if Y_reps.shape[0] < 2:
-        raise ValueError(f"Y_reps needs at least 2 repetitions for a split-half ceiling, got {Y_reps.shape[0]}")
     _check_finite("Y_reps", Y_reps)
-    if n_splits < 1:
-        raise ValueError(f"n_ceiling_splits must be >= 1, got {n_splits}")
-    rng = np.random.default_rng(seed)
-    half = Y_reps.shape[0] // 2
     per_split = []
-    for _ in range(n_splits):
-        order = rng.permutation(Y_reps.shape[0])
-        a = Y_reps[order[:half]].mean(axis=0)
-        b = Y_reps[order[half : 2 * half]].mean(axis=0)
-        r = pearson_r(a, b, axis=1)  # (bins, sites)
+    for a, b in repetition_halves(Y_reps.shape[0], n_splits, seed, odd_repetitions):
+        r = pearson_r(Y_reps[a].mean(axis=0), Y_reps[b].mean(axis=0), axis=1)  # (bins, sites)
         with np.errstate(divide="ignore", invalid="ignore"):
-            corrected = 2.0 * r / (1.0 + r)
-        per_split.append(corrected)
+            per_split.append(2.0 * r / (1.0 + r))
+    return np.stack(per_split)
+
+
+def split_half_ceiling(
+    Y_reps: np.ndarray, n_splits: int = 10, seed: int = DEFAULT_SEED, odd_repetitions: str = "split"
+) -> np.ndarray:
+    """Split-half noise ceiling per time bin, Spearman–Brown corrected (Brain-Score's ``internal_consistency``).
+
+    Args:
+        Y_reps: (reps, bins, stimuli, sites) single-repetition responses, repetitions in the order of
+            their ``repetition`` coordinate (for Brain-Score's halves).
+        n_splits: number of random half splits of the repetitions (the same halves for every bin).
+        seed: ``random_state`` of the splits (Brain-Score's is 1).
+        odd_repetitions: ``"split"`` (4/5 of 9, Brain-Score's) or ``"drop"`` (4/4); see
+            :func:`repetition_halves`.
+
+    Returns:
+        (bins,) ceiling: per split the median over sites of :func:`split_half_consistency`, then the
+        mean over splits (NaNs skipped).
+    """
+    per_split = split_half_consistency(Y_reps, n_splits, seed, odd_repetitions)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(np.nanmedian(np.stack(per_split), axis=2), axis=0)
+        return np.nanmean(np.nanmedian(per_split, axis=2), axis=0)
+
+
+def ceil_score(score: np.ndarray, ceiling: np.ndarray, convention: str = DEFAULT_CEILING_CONVENTION) -> np.ndarray:
+    """A raw score (aggregate Pearson r) on the scale of the noise ceiling (a split-half reliability ρ).
+
+    ``"r2/rho"``: ``score**2 / ceiling`` (Brain-Score 2's ``explained_variance``); ``"r/rho"``:
+    ``score / ceiling`` (Brain-Score 1, ``Kar2019-ost``); ``"r/sqrt(rho)"``: ``score / sqrt(ceiling)``.
+    See the module docstring for what each means. The division is Brain-Score's, unguarded: a ceiling
+    at or below 0 (no reliable signal) gives a meaningless number, as it does there.
+    """
+    if convention not in CEILING_CONVENTIONS:
+        raise ValueError(f"ceiling_convention must be one of {CEILING_CONVENTIONS}, got {convention!r}")
+    score = np.asarray(score, dtype=np.float64)
+    ceiling = np.asarray(ceiling, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if convention == "r2/rho":
+            return score**2 / ceiling
+        if convention == "r/rho":
+            return score / ceiling
+        return score / np.sqrt(ceiling)
 
 
 def _check_finite(name: str, a: np.ndarray) -> None:
@@ -233,10 +323,19 @@ def _prepare(
     test_size: float,
     seed: int,
     Y_reps: np.ndarray | None,
+    *,
+    splits: tuple[np.ndarray, np.ndarray] | None = None,
+    spantime: bool = False,
+    ceiling_convention: str = DEFAULT_CEILING_CONVENTION,
+    odd_repetitions: str = "split",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate the inputs (one-line ValueErrors naming the argument) and make the splits."""
     if mapping not in MAPPINGS:
         raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
+    if ceiling_convention not in CEILING_CONVENTIONS:
+        raise ValueError(f"ceiling_convention must be one of {CEILING_CONVENTIONS}, got {ceiling_convention!r}")
+    if odd_repetitions not in ODD_REPETITIONS:
+        raise ValueError(f"odd_repetitions must be one of {ODD_REPETITIONS}, got {odd_repetitions!r}")
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     if Y.ndim != 3:
@@ -254,12 +353,6 @@ def _prepare(
     objects = np.asarray(objects)
     if objects.shape != (Y.shape[1],):
         raise ValueError(f"objects must have one label per stimulus ({Y.shape[1]}), got shape {objects.shape}")
-    labels, counts = np.unique(objects, return_counts=True)
-    if counts.min() < 2:
-        raise ValueError(
-            f"objects: object {labels[counts.argmin()].item()!r} has {counts.min()} stimulus; "
-            "stratified splits need at least 2 stimuli per object"
-        )
     if mapping == "ridge" and not alpha > 0:
         raise ValueError(f"alpha must be > 0 for ridge, got {alpha}")
     if Y_reps is not None:
@@ -268,14 +361,49 @@ def _prepare(
             raise ValueError(
                 f"Y_reps must be (reps, bins, stimuli, sites) = (reps, *{Y.shape}), got shape {Y_reps.shape}"
             )
-    train, test = cv_splits(objects, n_splits=n_splits, test_size=test_size, seed=seed)
+    if splits is None:
+        labels, counts = np.unique(objects, return_counts=True)
+        if counts.min() < 2:
+            raise ValueError(
+                f"objects: object {labels[counts.argmin()].item()!r} has {counts.min()} stimulus; "
+                "stratified splits need at least 2 stimuli per object"
+            )
+        train, test = cv_splits(objects, n_splits=n_splits, test_size=test_size, seed=seed)
+    else:
+        train, test = _check_splits(splits, Y.shape[1])
     if mapping == "pls":
-        bound = min(train.shape[1], X.shape[-1])
+        n_train = train.shape[1] * (Y.shape[0] if spantime else 1)
+        bound = min(n_train, X.shape[-1])
         if not 1 <= n_components <= bound:
             raise ValueError(
-                f"n_components must be in [1, min(n_train={train.shape[1]}, n_features={X.shape[-1]})], got {n_components}"
+                f"n_components must be in [1, min(n_train={n_train}, n_features={X.shape[-1]})], got {n_components}"
             )
     return X, Y, train, test
+
+
+def _check_splits(splits: tuple[np.ndarray, np.ndarray], n_stimuli: int) -> tuple[np.ndarray, np.ndarray]:
+    """Given ``(train, test)`` index arrays, (splits, n_train) and (splits, n_test), checked: each split
+    must put every stimulus in exactly one of its two sets (as Brain-Score's and scikit-learn's do)."""
+    try:
+        train, test = (np.asarray(a) for a in splits)
+    except (TypeError, ValueError):
+        raise ValueError("splits: expected (train, test) index arrays") from None
+    if train.ndim != 2 or test.ndim != 2 or train.shape[0] != test.shape[0] or train.shape[0] == 0:
+        raise ValueError(
+            f"splits: train and test must be (splits, n) arrays with the same number of splits, "
+            f"got shapes {train.shape} and {test.shape}"
+        )
+    for name, idx in (("train", train), ("test", test)):
+        if not np.issubdtype(idx.dtype, np.integer) or idx.size == 0 or idx.min() < 0 or idx.max() >= n_stimuli:
+            raise ValueError(f"splits: {name} indices must be integers in [0, {n_stimuli})")
+    # The fast path forms training sums as (all stimuli) - (test stimuli): every split must be a partition.
+    for s in range(train.shape[0]):
+        if (
+            np.unique(np.concatenate([train[s], test[s]])).size != n_stimuli
+            or train.shape[1] + test.shape[1] != n_stimuli
+        ):
+            raise ValueError(f"splits: split {s} is not a partition of the {n_stimuli} stimuli into train and test")
+    return train, test
 
 
 def _finish(
@@ -285,14 +413,55 @@ def _finish(
     Y_reps: np.ndarray | None,
     n_ceiling_splits: int,
     seed: int,
+    ceiling_convention: str,
+    odd_repetitions: str,
 ) -> FitResult:
     score = aggregate(r)
-    ceiling = ceiled = None
+    ceiling = ceiled = convention = None
     if Y_reps is not None:
-        ceiling = split_half_ceiling(Y_reps, n_splits=n_ceiling_splits, seed=seed)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ceiled = score / ceiling
-    return FitResult(r=r, score=score, ceiling=ceiling, ceiled=ceiled, predictions=predictions, test_index=test)
+        ceiling = split_half_ceiling(Y_reps, n_splits=n_ceiling_splits, seed=seed, odd_repetitions=odd_repetitions)
+        ceiled, convention = ceil_score(score, ceiling, ceiling_convention), ceiling_convention
+    return FitResult(
+        r=r,
+        score=score,
+        ceiling=ceiling,
+        ceiled=ceiled,
+        predictions=predictions,
+        test_index=test,
+        convention=convention,
+    )
+
+
+def _estimator(mapping: str, n_components: int, alpha: float):
+    from sklearn.cross_decomposition import PLSRegression
+    from sklearn.linear_model import Ridge
+
+    return PLSRegression(n_components=n_components, scale=False) if mapping == "pls" else Ridge(alpha=alpha)
+
+
+def _spantime(
+    X: np.ndarray,
+    Y: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    mapping: str,
+    n_components: int,
+    alpha: float,
+    out: np.ndarray,
+) -> None:
+    """One map per split, fitted on every bin's training stimuli stacked as samples, predicting each bin.
+
+    Brain-Score's ``SpanTimeRegression``: the (bin, stimulus) pairs of the training stimuli are the
+    samples (bins x n_train rows), so the weights are shared across time; predictions are per bin.
+    One scikit-learn fit per split: the stacked fit is a single large problem, not many small ones.
+    """
+    n_bins = Y.shape[0]
+    for s in range(train.shape[0]):
+        xs = [X[b] if X.ndim == 3 else X for b in range(n_bins)]
+        model = _estimator(mapping, n_components, alpha)
+        model.fit(np.concatenate([x[train[s]] for x in xs]), np.concatenate([Y[b][train[s]] for b in range(n_bins)]))
+        for b in range(n_bins):
+            out[b, s] = model.predict(xs[b][test[s]]).reshape(test.shape[1], Y.shape[2])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,29 +479,36 @@ def fit_per_bin_sklearn(
     alpha: float = 1.0,
     n_splits: int = 10,
     test_size: float = 0.1,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     Y_reps: np.ndarray | None = None,
     n_ceiling_splits: int = 10,
+    spantime: bool = False,
+    ceiling_convention: str = DEFAULT_CEILING_CONVENTION,
+    odd_repetitions: str = "split",
+    splits: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FitResult:
     """Reference implementation of :func:`fit_per_bin`: loop over bins and splits, fit scikit-learn.
 
     Same arguments, splits, scoring and result as :func:`fit_per_bin`; slow, kept as the ground truth
     the fast path is tested against.
     """
-    from sklearn.cross_decomposition import PLSRegression
-    from sklearn.linear_model import Ridge
-
-    X, Y, train, test = _prepare(X, Y, objects, mapping, n_components, alpha, n_splits, test_size, seed, Y_reps)
+    opts = dict(
+        splits=splits, spantime=spantime, ceiling_convention=ceiling_convention, odd_repetitions=odd_repetitions
+    )
+    X, Y, train, test = _prepare(X, Y, objects, mapping, n_components, alpha, n_splits, test_size, seed, Y_reps, **opts)
     n_bins, n_sites = Y.shape[0], Y.shape[2]
     pred = np.empty((n_bins, train.shape[0], test.shape[1], n_sites))
-    for b in range(n_bins):
-        Xb = X[b] if X.ndim == 3 else X
-        for s in range(train.shape[0]):
-            model = PLSRegression(n_components=n_components, scale=False) if mapping == "pls" else Ridge(alpha=alpha)
-            model.fit(Xb[train[s]], Y[b][train[s]])
-            pred[b, s] = model.predict(Xb[test[s]]).reshape(test.shape[1], n_sites)
+    if spantime:
+        _spantime(X, Y, train, test, mapping, n_components, alpha, pred)
+    else:
+        for b in range(n_bins):
+            Xb = X[b] if X.ndim == 3 else X
+            for s in range(train.shape[0]):
+                model = _estimator(mapping, n_components, alpha)
+                model.fit(Xb[train[s]], Y[b][train[s]])
+                pred[b, s] = model.predict(Xb[test[s]]).reshape(test.shape[1], n_sites)
     r = pearson_r(pred, Y[:, test], axis=-2)
-    return _finish(r, pred, test, Y_reps, n_ceiling_splits, seed)
+    return _finish(r, pred, test, Y_reps, n_ceiling_splits, seed, ceiling_convention, odd_repetitions)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,9 +526,13 @@ def fit_per_bin(
     alpha: float = 1.0,
     n_splits: int = 10,
     test_size: float = 0.1,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     Y_reps: np.ndarray | None = None,
     n_ceiling_splits: int = 10,
+    spantime: bool = False,
+    ceiling_convention: str = DEFAULT_CEILING_CONVENTION,
+    odd_repetitions: str = "split",
+    splits: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FitResult:
     """Cross-validated linear mapping from model features to neural responses, per time bin.
 
@@ -363,35 +543,47 @@ def fit_per_bin(
         objects: (stimuli,) object label of each stimulus, for stratified splits (>= 2 per object).
         mapping: ``"pls"`` (``PLSRegression(n_components, scale=False)``) or ``"ridge"``
             (``Ridge(alpha)`` with intercept).
-        n_components: PLS components; at most min(training stimuli, features).
+        n_components: PLS components; at most min(training samples, features).
         alpha: ridge penalty (> 0).
         n_splits: number of stratified random splits (the same for every bin).
         test_size: fraction of stimuli in each test set.
-        seed: seed of the splits and of the ceiling's half splits.
+        seed: ``random_state`` of the splits and of the ceiling's half splits (1: Brain-Score's).
         Y_reps: optional (reps, bins, stimuli, sites) single-repetition responses for the noise
             ceiling (same bins, stimuli and sites as ``Y``).
         n_ceiling_splits: number of random half splits for the ceiling.
+        spantime: one map per split across all bins (Brain-Score's ``spantime_pls``) instead of one
+            per bin; fitted with scikit-learn in both paths.
+        ceiling_convention: how ``ceiled`` is formed from the score and the ceiling, one of
+            :data:`CEILING_CONVENTIONS` (default ``"r2/rho"``, Brain-Score 2's); see :func:`ceil_score`.
+        odd_repetitions: ``"split"`` (4/5 of 9, Brain-Score's) or ``"drop"`` (4/4) for the ceiling.
+        splits: ``(train, test)`` stimulus indices (splits, n) to use instead of drawing them
+            (``n_splits``, ``test_size``, ``seed`` then only seed the ceiling).
 
     Returns:
         :class:`FitResult`: ``r`` (bins, splits, sites); ``score`` (bins,) = for each split the median
-        of r over sites, then the mean over splits (Brain-Score's order); ``ceiling`` and ``ceiled``
-        when ``Y_reps`` is given; test-set ``predictions`` and ``test_index``.
+        of r over sites, then the mean over splits (Brain-Score's order); ``ceiling``, ``ceiled`` and
+        ``convention`` when ``Y_reps`` is given; test-set ``predictions`` and ``test_index``.
 
     Gives the numbers of :func:`fit_per_bin_sklearn` (to 1e-6; see the module docstring for the
     algorithm and the degenerate cases), much faster.
 
     Raises:
         ValueError: one line naming the argument, for mismatched shapes, NaN/inf in X or Y, too many
-            components, objects with fewer than 2 stimuli, or an unknown mapping.
+            components, objects with fewer than 2 stimuli, or an unknown mapping or convention.
     """
-    X, Y, train, test = _prepare(X, Y, objects, mapping, n_components, alpha, n_splits, test_size, seed, Y_reps)
+    opts = dict(
+        splits=splits, spantime=spantime, ceiling_convention=ceiling_convention, odd_repetitions=odd_repetitions
+    )
+    X, Y, train, test = _prepare(X, Y, objects, mapping, n_components, alpha, n_splits, test_size, seed, Y_reps, **opts)
     pred = np.empty((Y.shape[0], train.shape[0], test.shape[1], Y.shape[2]))
-    if mapping == "ridge":
+    if spantime:
+        _spantime(X, Y, train, test, mapping, n_components, alpha, pred)
+    elif mapping == "ridge":
         _ridge_fast(X, Y, train, test, alpha, pred)
     else:
         _pls_fast(X, Y, train, test, n_components, pred)
     r = pearson_r(pred, Y[:, test], axis=-2)
-    return _finish(r, pred, test, Y_reps, n_ceiling_splits, seed)
+    return _finish(r, pred, test, Y_reps, n_ceiling_splits, seed, ceiling_convention, odd_repetitions)
 
 
 def _n_workers() -> int:

@@ -29,7 +29,14 @@ import xarray as xr
 from convrnn.files import save_figure, write_text
 from convrnn.model import ConvRNN
 from convrnn.neural.assembly import model_features
-from convrnn.neural.fit import aggregate, fit_per_bin, split_half_ceiling
+from convrnn.neural.fit import (
+    DEFAULT_CEILING_CONVENTION,
+    DEFAULT_SEED,
+    aggregate,
+    ceil_score,
+    fit_per_bin,
+    split_half_ceiling,
+)
 from convrnn.neural.recordings import Recordings
 
 __all__ = [
@@ -53,11 +60,12 @@ class Predictivity:
     alignment: str
     bin_start: np.ndarray
     bin_end: np.ndarray
-    score: np.ndarray  # (bins,) median over sites per split, mean over splits
+    score: np.ndarray  # (bins,) raw r: median over sites per split, mean over splits
     ceiling: np.ndarray | None  # (bins,) split-half, Spearman-Brown corrected
-    ceiled: np.ndarray | None  # (bins,) score / ceiling
+    ceiled: np.ndarray | None  # (bins,) the score on the ceiling's scale, under `convention`
     r: np.ndarray  # (bins, splits, sites)
     settings: dict[str, Any] = field(default_factory=dict)
+    convention: str | None = None  # the ceiling convention of `ceiled` (convrnn.neural.fit.CEILING_CONVENTIONS)
 
     def to_dict(self) -> dict[str, Any]:
         def clean(a: np.ndarray | None) -> list[float | None] | None:
@@ -68,9 +76,10 @@ class Predictivity:
             "alignment": self.alignment,
             "bin_start_ms": self.bin_start.tolist(),
             "bin_end_ms": self.bin_end.tolist(),
-            "score": clean(self.score),
+            "score": clean(self.score),  # raw r
             "ceiling": clean(self.ceiling),
             "ceiled": clean(self.ceiled),
+            "ceiling_convention": self.convention,
             "settings": self.settings,
         }
 
@@ -164,14 +173,21 @@ def predictivity(
     alpha: float = 1.0,
     n_splits: int = 10,
     test_size: float = 0.1,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
+    spantime: bool = False,
+    ceiling_convention: str = DEFAULT_CEILING_CONVENTION,
+    odd_repetitions: str = "split",
     name: str | None = None,
 ) -> Predictivity:
     """Fit ``features`` to ``recordings`` bin by bin and score them (see the module docstring).
 
     ``features`` is an assembly from :func:`~convrnn.neural.assembly.model_features` (or
     :func:`feedforward_features` for the controls). PLS uses ``min(n_components, features)``
-    components; the number used is in ``settings``.
+    components; the number used is in ``settings``. ``seed``, ``spantime``, ``ceiling_convention``
+    and ``odd_repetitions`` are :func:`~convrnn.neural.fit.fit_per_bin`'s; the defaults reproduce
+    Brain-Score's ``pls`` metric, its ``internal_consistency`` ceiling and its ``NeuralBenchmark``'s
+    ceiled score (r²/ρ) on the same data. With ``spantime`` and the ``graded`` control, one map is
+    shared by the bins of each layer (layers differ in size).
     """
     groups = _aligned(features, recordings, alignment, offset_ms, layers)
     nb = len(recordings.bin_start)
@@ -183,6 +199,8 @@ def predictivity(
         "seed": seed,
         "offset_ms": offset_ms,
         "alpha": alpha if mapping == "ridge" else None,
+        "spantime": spantime,
+        "odd_repetitions": odd_repetitions,
     }
     used = []
     for bins, X in groups:
@@ -198,6 +216,9 @@ def predictivity(
             n_splits=n_splits,
             test_size=test_size,
             seed=seed,
+            spantime=spantime,
+            ceiling_convention=ceiling_convention,  # checked before the fit, applied below
+            odd_repetitions=odd_repetitions,
         )
         if r_all is None:
             r_all = np.full((nb, *res.r.shape[1:]), np.nan)
@@ -205,11 +226,10 @@ def predictivity(
     assert r_all is not None
     settings["n_components"] = min(used) if mapping == "pls" else None
     score = aggregate(r_all)
-    ceiling = ceiled = None
+    ceiling = ceiled = convention = None
     if recordings.Y_reps is not None:
-        ceiling = split_half_ceiling(recordings.Y_reps, n_splits=n_splits, seed=seed)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ceiled = score / ceiling
+        ceiling = split_half_ceiling(recordings.Y_reps, n_splits=n_splits, seed=seed, odd_repetitions=odd_repetitions)
+        ceiled, convention = ceil_score(score, ceiling, ceiling_convention), ceiling_convention
     return Predictivity(
         name=name or str(features.attrs.get("model", "features")),
         alignment=alignment,
@@ -220,6 +240,7 @@ def predictivity(
         ceiled=ceiled,
         r=r_all,
         settings=settings,
+        convention=convention,
     )
 
 
@@ -283,7 +304,10 @@ def save_predictivity(results: Sequence[Predictivity], out: str | Path, title: s
         mid = (r.bin_start + r.bin_end) / 2
         ax.plot(mid, r.ceiled if ceiled else r.score, marker="o", ms=3, label=f"{r.name} [{r.alignment}]")
     ax.set_xlabel("time after stimulus onset (ms)")
-    ax.set_ylabel("noise-corrected predictivity" if ceiled else "predictivity (median r)")
+    conventions = {r.convention for r in results}
+    ax.set_ylabel(
+        f"noise-corrected predictivity ({', '.join(sorted(conventions))})" if ceiled else "predictivity (median r)"
+    )
     ax.set_title(title, fontsize=9)
     ax.axhline(0, color="0.7", lw=0.8)
     ax.legend(fontsize=7)

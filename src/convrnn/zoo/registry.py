@@ -185,6 +185,32 @@ def create_model(
     return model
 
 
+def _frozen_decoder_scalars(model: ConvRNN, path: Path) -> None:
+    """Converted weights carry the checkpoint's frozen decoder temperature/threshold in the spec saved with
+    them (they are constants, not state): apply them to a model of the same decoder built by name."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    try:
+        saved = json.loads(meta["spec"])["readout"]
+    except (KeyError, TypeError, ValueError):
+        return  # weights without a saved spec (e.g. from `convrnn train`): nothing to carry over
+    if saved.get("decoder") != model.spec.readout.decoder:
+        return
+    frozen = {
+        k: float(saved[k])
+        for k in ("beta", "threshold")
+        if k in saved and isinstance(getattr(model.decoder, k, None), float) and saved[k] != getattr(model.decoder, k)
+    }
+    if frozen:
+        from convrnn.convert.tf_names import set_decoder_scalars
+
+        set_decoder_scalars(model, **frozen)
+
+
 def load_weights(model: ConvRNN, path: str | Path) -> None:
     """Load a state dict from ``.safetensors`` or a torch file; mismatches raise naming the keys."""
     path = Path(path)
@@ -194,6 +220,7 @@ def load_weights(model: ConvRNN, path: str | Path) -> None:
         from safetensors.torch import load_file
 
         state = load_file(str(path), device="cpu")
+        _frozen_decoder_scalars(model, path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
     own = model.state_dict()
