@@ -9,6 +9,7 @@ import pytest
 import torch
 from numpy_ref import TOL, cell_builder, conv_same, layer_norm, norm_params, np_, randomise, rands, sigmoid
 
+import convrnn
 from convrnn.cells import GRUConfig
 
 build = cell_builder(GRUConfig)
@@ -100,3 +101,27 @@ def test_batch_one_state_broadcasts():
     assert s_b.shape == (2, 2, 3, 3)
     assert torch.allclose(out_b, out_e, atol=1e-6)
     assert not torch.allclose(out_b[0], out_b[1])
+
+
+def test_layer_norm_gradients_stay_finite_before_the_stimulus():
+    """Until the stimulus reaches a layer, x and h are zero and every pre-activation is its bias. With equal
+    biases (gates all 1, candidates all 0) each LayerNorm saw a constant input and, with TF's eps of 1e-12,
+    scaled gradients by 1e6 per step: gru_shallow with layer_norm had an infinite gradient norm at the first
+    training step. The biases now start spread (around 1 and 0), keeping every LayerNorm's gradient bounded."""
+    torch.manual_seed(0)
+    cell = build(out=4, kernel=3, hw=(3, 3), layer_norm=True)
+    out, _ = cell(torch.zeros(1, 3, 3, 3), (torch.zeros(1, 4, 3, 3),))
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+    for name, p in cell.named_parameters():
+        assert torch.isfinite(p.grad).all() and p.grad.abs().max() < 1e4, name
+    assert cell.gates.bias.mean().item() == pytest.approx(1.0, abs=0.02)
+    assert 0 < cell.gates.bias.std().item() < 0.05 and 0 < cell.candidates.bias.std().item() < 0.05
+
+    spec = convrnn.model_spec("gru_shallow", num_classes=10, image_size=32, width=0.125, times=7)
+    for layer in spec.layers[2:5]:
+        layer.cell.layer_norm = True
+    model = convrnn.create_model(spec.validate())
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.nn.functional.cross_entropy(model(images, times=7).logits[-1], torch.tensor([1, 2])).backward()
+    norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters() if p.grad is not None))
+    assert torch.isfinite(norm) and norm < 1e3

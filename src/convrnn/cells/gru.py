@@ -1,12 +1,14 @@
 """Convolutional GRU cell (the reference's ``ConvGRUCell``).
 
-    [r^, u^] = W_g * [x_t, h_{t-1}] + b_g            (b_g initialised to 1)
+    [r^, u^] = W_g * [x_t, h_{t-1}] + b_g            (b_g initialised to 1; see below for layer_norm)
     r = sigmoid(r^ + forget_bias),   u = sigmoid(u^)
     c = tanh( W_c * [x_t, r . h_{t-1}] + b_c )
     h_t = u . h_{t-1} + (1 - u) . c
 
 ``[a, b]`` concatenates channels (input first, then state); ``forget_bias`` is 1 in the reference.
-With ``layer_norm`` each of r^, u^ and the candidate pre-activation is layer-normalised.
+With ``layer_norm`` each of r^, u^ and the candidate pre-activation is layer-normalised, and the biases
+start with a spread of 0.01 (b_g around 1, b_c around 0) so that no LayerNorm sees a constant input
+before the stimulus arrives (see ``GRUCell.__init__``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ class GRUCell(Cell):
         self.candidates = SameConv2d(ctx.in_channels + c, c, cfg.kernel)
         nn.init.ones_(self.gates.bias)
         self.norms = nn.ModuleList(TFLayerNorm(c) for _ in range(3)) if cfg.layer_norm else None
+        if cfg.layer_norm:
+            # Until the stimulus arrives x and h are zero, so every pre-activation equals its bias: with
+            # constant biases each LayerNorm sees a constant input, and with TF's eps of 1e-12 scales its
+            # gradient by 1e6, compounding over the silent steps (an infinite gradient norm in the zoo's
+            # models). Distinct small biases keep the variance away from 0, as in LSTMCell; the gate bias
+            # keeps its mean of 1 (which the LayerNorm removes anyway).
+            with torch.no_grad():
+                self.gates.bias.add_(torch.randn_like(self.gates.bias), alpha=0.01)
+            nn.init.normal_(self.candidates.bias, std=0.01)
 
     def state_channels(self) -> tuple[int, ...]:
         return (self.out_channels,)
