@@ -145,6 +145,10 @@ def test_run_resumes_refuses_another_protocol_and_reports(tmp_path):
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert {r["arm"] for r in summary["rows"]} == set(TINY.arms)
     assert {c["verdict"] for c in summary["claims"]} <= {"reproduced", "not reproduced", "not resolved"}
+    # The command rebuilds the report from the folder alone.
+    (out / "report" / "results.md").unlink()
+    assert main(["experiment", "thesis", "--report", "--out", str(out)]) == 0
+    assert "**Final runs**" in (out / "report" / "results.md").read_text()
 
 
 def test_cli_plan_prints_the_budget_and_the_cost(tmp_path, capsys):
