@@ -313,8 +313,9 @@ def test_plateau_schedule_drops_the_rate_then_stops(data, tmp_path):
 
 
 def test_plateau_schedule_resumes_exactly(data, tmp_path):
-    """The rule's state is part of every checkpoint: a run interrupted after the first drop (the step-6
-    checkpoint is never written) resumes from step 4 and ends with the same weights."""
+    """The rule's state is part of every checkpoint: a run interrupted after its second drop resumes from
+    the step-6 checkpoint at a hundredth of the rate (from the checkpoint, not from the schedule) and ends
+    with the same weights."""
     ref = tmp_path / "ref"
     train(_plateau_cfg(data, ref))
     out = tmp_path / "resumed"
@@ -325,7 +326,8 @@ def test_plateau_schedule_resumes_exactly(data, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(_plateau_cfg(data, out), on_eval=interrupt)
-    assert load_latest(out)[1]["step"] == 4 and load_latest(out)[1]["plateau"]["drops"] == 1
+    state = load_latest(out)[1]
+    assert state["step"] == 6 and state["plateau"]["drops"] == 2 and state["plateau"]["factor"] == pytest.approx(0.01)
     train(_plateau_cfg(data, out))
     a, b = final_weights(ref), final_weights(out)
     for k in a:

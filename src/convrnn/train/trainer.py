@@ -386,7 +386,8 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None 
                 cfg.eval_every_steps is not None and step % cfg.eval_every_steps == 0
             )
             # Evaluate before checkpointing: the plateau rule's state after this evaluation is part of the
-            # checkpoint, so a run resumed from it continues exactly.
+            # checkpoint, so a run resumed from it continues exactly. The hook runs after the checkpoint, so
+            # a step it reports (a search trial's) always has a checkpoint to resume from.
             if due and step < total:
                 acc = None
                 if run.writer:
@@ -401,10 +402,10 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None 
                     elif decision == "drop":
                         for group, base in zip(opt.param_groups, sched.base_lrs):
                             group["lr"] = base * lr_factor(cfg, step, total, steps_per_epoch, plateau)
-                if acc is not None and on_eval is not None:
-                    on_eval(step, acc)
             if step % cfg.checkpoint_every == 0 or end_of_epoch or step == total:
                 checkpoint()
+            if due and acc is not None and on_eval is not None and step < total:
+                on_eval(step, acc)
             if step >= total or end_of_epoch:
                 break
     if bar is not None:
