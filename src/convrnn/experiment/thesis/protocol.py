@@ -16,6 +16,7 @@ from typing import Any
 from convrnn.data.clutter import ClutterConfig
 from convrnn.errors import SpecError
 from convrnn.experiment.cells import CELLS
+from convrnn.experiment.cells import DESCRIPTIONS as CELL_DESCRIPTIONS
 from convrnn.serialize import to_data
 
 __all__ = ["ARMS", "DEFAULT", "DESCRIPTIONS", "FF_ARMS", "QUICK", "SEARCHED", "Protocol", "ProtocolError"]
@@ -25,16 +26,10 @@ SEARCHED = "rgc_search"
 ARMS = (*FF_ARMS, *CELLS, SEARCHED)
 DESCRIPTIONS = {
     "ff_small": "feedforward, base width (below the budget)",
-    "ff_wide": "feedforward, wider (matched)",
+    "ff_wide": CELL_DESCRIPTIONS["ff_wide"],
     "ff_large": "feedforward, wider still (twice the budget)",
-    "ff_deep": "feedforward, deeper: +2 conv in conv3-5 (matched)",
-    "timedecay": "time-decay cell",
-    "simplernn": "SimpleRNN (vanilla)",
-    "gru": "GRU",
-    "lstm": "LSTM",
-    "ugrnn": "UGRNN",
-    "intersectionrnn": "IntersectionRNN",
-    "rgc": "RGC (the zoo's cell)",
+    "ff_deep": CELL_DESCRIPTIONS["ff_deep"],
+    **{cell: CELL_DESCRIPTIONS[cell] for cell in CELLS},
     SEARCHED: "RGC cell + feedback found by TPE search (matched)",
 }
 

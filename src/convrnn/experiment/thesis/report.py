@@ -38,19 +38,20 @@ class Results:
 
     def __init__(self, root: Path) -> None:
         from convrnn.experiment.thesis import run
+        from convrnn.experiment.thesis.run import read_json
 
         self.root = root
-        proto = _read(root / "protocol.json")
+        proto = read_json(root / "protocol.json")
         if proto is None:
             raise ExperimentError(f"--out {str(root)!r}: no protocol.json: not a results folder of this experiment")
         self.protocol = Protocol.from_dict(proto)
-        self.plan = _read(root / "plan.json") or {"arms": {}, "budget": None}
-        self.tuned = {a: t for a in self.protocol.arms if (t := _read(run.tuned_file(root, a))) is not None}
-        self.searched = _read(run.searched_file(root))
+        self.plan = read_json(root / "plan.json") or {"arms": {}, "budget": None}
+        self.tuned = {a: t for a in self.protocol.arms if (t := read_json(run.tuned_file(root, a))) is not None}
+        self.searched = read_json(run.searched_file(root))
         self.runs: list[dict[str, Any]] = []
         for arm in self.protocol.arms:
             for folder in sorted((root / "final" / arm).glob("seed*")):
-                rec = _read(folder / "result.json")
+                rec = read_json(folder / "result.json")
                 if rec is not None:
                     self.runs.append(rec | {"folder": str(folder)})
         self.spent = run.spent(root)
@@ -78,15 +79,6 @@ class Results:
                 with np.load(Path(r["folder"]) / "predictions.npz") as z:
                     out[r["seed"]] = z["test"]
         return out
-
-
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise ExperimentError(f"{path}: unreadable ({e})") from None
 
 
 def _lines(path: Path) -> list[str]:

@@ -62,7 +62,8 @@ class Task:
 # Files of the results folder
 
 
-def _json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A JSON record of the results folder, or None where it is not written yet."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -101,7 +102,7 @@ def _spec_path(root: Path, spec: ModelSpec) -> Path:
 def check_protocol(root: Path, p: Protocol) -> None:
     """One results folder holds one protocol: mixing two would pool incomparable numbers."""
     path = root / "protocol.json"
-    old = _json(path)
+    old = read_json(path)
     if old is None:
         root.mkdir(parents=True, exist_ok=True)
         _write_json(path, p.to_dict())
@@ -119,7 +120,7 @@ def check_protocol(root: Path, p: Protocol) -> None:
 
 
 def _tuned(root: Path, arm: str) -> dict[str, Any] | None:
-    return _json(tuned_file(root, arm))
+    return read_json(tuned_file(root, arm))
 
 
 def seeds_for(root: Path, p: Protocol, arm: str) -> tuple[int, ...]:
@@ -144,10 +145,10 @@ def pending(root: Path, p: Protocol) -> list[Task]:
     """Tasks whose inputs exist and whose record does not, in the order to start them (the longest chain
     first: the search, whose arm still has to be tuned and trained after it)."""
     todo: list[Task] = []
-    if SEARCHED in p.arms and _json(searched_file(root)) is None:
+    if SEARCHED in p.arms and read_json(searched_file(root)) is None:
         todo.append(Task("search"))
     for arm in p.arms:
-        if arm == SEARCHED and _json(searched_file(root)) is None:
+        if arm == SEARCHED and read_json(searched_file(root)) is None:
             continue
         if _tuned(root, arm) is None:
             todo.append(Task("tune", arm))
@@ -318,11 +319,11 @@ def search(root: Path, p: Protocol, threads: int) -> dict[str, Any]:
 
 def _arm_spec_file(root: Path, arm: str) -> Path:
     if arm == SEARCHED:
-        rec = _json(searched_file(root))
+        rec = read_json(searched_file(root))
         if rec is None:
             raise ExperimentError(f"{arm}: the search has not finished")
         return Path(rec["spec"])
-    plan = _json(root / "plan.json")
+    plan = read_json(root / "plan.json")
     if plan is None or arm not in plan["arms"]:
         raise ExperimentError(f"{arm}: not planned in {root / 'plan.json'}")
     return Path(plan["arms"][arm]["spec"])
