@@ -408,15 +408,22 @@ def markdown(
 ) -> str:
     p = res.protocol
     out = io.StringIO()
-    inv = res.invocations[-1] if res.invocations else {}
     out.write(
         f"{len(res.runs)} finished final runs of {len(res.arms)} arms in `{res.root.name}`; tuned arms: "
         f"{len(res.tuned)} of {len(p.arms)}; search: {'finished' if res.searched else 'not finished'}. "
-        f"CPU time spent by every task so far: {res.spent['cpu_s'] / 3600:.1f} h "
-        f"({res.spent['wall_s'] / 3600:.1f} h of task wall time; tasks ran {inv.get('jobs', '?')} at a time"
-        f" with {inv.get('threads', '?')} torch thread(s) each, on {inv.get('cpus', '?')} CPU(s), "
-        f"{inv.get('processor', '?')}, torch {inv.get('torch', '?')}).\n\n"
+        f"CPU time spent by the finished tasks: {res.spent['cpu_s'] / 3600:.1f} h "
+        f"({res.spent['wall_s'] / 3600:.1f} h of task wall time)"
     )
+    machines = sorted({(i["jobs"], i["threads"], i["cpus"], i["processor"], i["torch"]) for i in res.invocations})
+    if machines:
+        out.write(
+            "; run as "
+            + "; ".join(
+                f"{j} task(s) at a time, {t} torch thread(s) each, on {c} CPU(s), {pr}, torch {tv}"
+                for j, t, c, pr, tv in machines
+            )
+        )
+    out.write(".\n\n")
     if res.tuned:
         out.write(
             "**Tuning** (the same candidates for every arm; validation top-1 after "

@@ -469,6 +469,17 @@ def write_plan(root: Path, p: Protocol, arms: list[Arm]) -> None:
     _write_json(root / "plan.json", record)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (numbers are only comparable on the same kind of CPU)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine()
+
+
 def spent(root: Path) -> dict[str, float]:
     """CPU and wall seconds of every finished task so far (all invocations), from the ledger."""
     cpu = wall = 0.0
@@ -511,6 +522,18 @@ def run(
     test_set(p)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
+    invocation = {
+        "started": started,
+        "jobs": jobs,
+        "threads": threads,
+        "platform": platform.platform(),
+        "processor": cpu_name(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+    }
+    # Recorded at the start too: an invocation the session's end kills still says where the work ran.
+    with open(root / "invocations.jsonl", "a") as f:
+        f.write(json.dumps(invocation | {"event": "start"}) + "\n")
     errors: list[str] = []
     failed: set[Task] = set()
     running: dict[Future, Task] = {}
@@ -538,18 +561,8 @@ def run(
                 else:
                     log(f"done {task.label}: {rec['wall_s']:.0f} s wall, {rec['cpu_s']:.0f} s CPU")
     wall = time.perf_counter() - t0
-    invocation = {
-        "started": started,
-        "wall_s": round(wall, 1),
-        "jobs": jobs,
-        "threads": threads,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-    }
     with open(root / "invocations.jsonl", "a") as f:
-        f.write(json.dumps(invocation) + "\n")
+        f.write(json.dumps(invocation | {"event": "end", "wall_s": round(wall, 1)}) + "\n")
     left = pending(root, p)
     s = spent(root)
     log(
