@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convrnn.files import save_figure, write_text
+from convrnn.files import save_figure, write_json
 from convrnn.model import ConvRNN
 from convrnn.neural.assembly import image_paths, load_assembly, model_features, save_assembly
 from convrnn.neural.fit import CEILING_CONVENTIONS, DEFAULT_CEILING_CONVENTION, DEFAULT_SEED, ODD_REPETITIONS
@@ -182,8 +182,6 @@ def _per_split(
 
 
 def cmd_ost(args: argparse.Namespace, build: Callable[[argparse.Namespace], ConvRNN]) -> int:
-    import json
-
     import torch
 
     from convrnn.neural.ost import ost_consistency
@@ -214,7 +212,14 @@ def cmd_ost(args: argparse.Namespace, build: Callable[[argparse.Namespace], Conv
         if args.protocol == "per-split":
             split = _per_split(groups, rec, target, neural.ost_ms, args, split_seed)
         results[name] = (st, c, split)
-        print(f"{name:44s} {int(np.isfinite(st.ost_ms).sum()):7d} {c.n_images:5d} {c.r:10.3f} {c.p:8.2g}")
+        why = ""
+        if not np.isfinite(c.r):
+            why = (
+                f"  (no correlation: {c.n_images} image(s) solved by both, fewer than 3)"
+                if c.n_images < 3
+                else "  (no correlation: solution times do not vary over the images solved by both)"
+            )
+        print(f"{name:44s} {int(np.isfinite(st.ost_ms).sum()):7d} {c.n_images:5d} {c.r:10.3f} {c.p:8.2g}{why}")
         if split is not None:
             print(f"{'  per split (Brain-Score protocol), mean':44s} {'':7s} {'':5s} {split.r:10.3f}")
     out = Path(args.out)
@@ -245,7 +250,7 @@ def cmd_ost(args: argparse.Namespace, build: Callable[[argparse.Namespace], Conv
             for name, (st, c, split) in results.items()
         },
     }
-    write_text(out / "ost.json", json.dumps(payload, indent=1, allow_nan=True))
+    write_json(out / "ost.json", payload)
     _plot_ost(out, neural, results, title=f"{model.spec.name} vs {rec.source} ({args.region})")
     print(f"wrote {out / 'ost.json'} and {out / 'ost.png'}")
     return 0

@@ -23,7 +23,7 @@ import numpy as np
 
 from convrnn.experiment.cells import ExperimentError
 from convrnn.experiment.thesis.protocol import DESCRIPTIONS, FF_ARMS, SEARCHED, Protocol
-from convrnn.files import save_figure, write_text
+from convrnn.files import save_figure, write_json, write_text
 
 __all__ = ["MARK_BEGIN", "MARK_END", "Results", "difficulty", "load", "paired", "report", "summarize", "verdicts"]
 
@@ -512,7 +512,7 @@ def report(out: str | Path, docs: str | Path | None = None) -> list[Path]:
     md = markdown(res, rows, by_split, claims, [f.name for f in files], first)
     write_text(rep / "results.md", "# convrnn experiment thesis: results\n\n" + md)
     summary = {"rows": rows, "difficulty": by_split, "claims": claims, "spent": res.spent}
-    write_text(rep / "summary.json", json.dumps(summary, indent=1, default=float).replace("NaN", "null"))
+    write_json(rep / "summary.json", summary)
     cols = ["arm", "seed", "params", "lr", "weight_decay", "warmup_steps", "steps", "stop", "val_top1"]
     per_run = [
         r | {"test_top1": r["test_top1_per_step"][-1], "train_top1": r["train_top1_per_step"][-1]} for r in res.runs

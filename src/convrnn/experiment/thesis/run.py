@@ -36,7 +36,7 @@ import yaml
 from convrnn.experiment.cells import ExperimentError
 from convrnn.experiment.thesis.plan import Arm, budget, candidates, plan_arms
 from convrnn.experiment.thesis.protocol import FF_ARMS, SEARCHED, Protocol
-from convrnn.files import write_text
+from convrnn.files import write_json, write_text
 from convrnn.spec import ModelSpec
 
 __all__ = ["TEST_SEED", "Task", "pending", "run", "seeds_for"]
@@ -74,7 +74,7 @@ def read_json(path: Path) -> Any:
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(data, indent=1))
+    write_json(path, data)
 
 
 def tuned_file(root: Path, arm: str) -> Path:
