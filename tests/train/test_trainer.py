@@ -345,3 +345,18 @@ def test_plateau_schedule_resumes_exactly(data, tmp_path):
 def test_plateau_settings_are_validated(fields, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**fields).validate()
+
+
+def test_off_a_terminal_progress_is_a_line_every_so_often(data, tmp_path, capsys, monkeypatch):
+    import convrnn.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "PROGRESS_EVERY_S", 0.0)  # a line every step
+    train(_cfg(data, tmp_path / "run", progress=True, threads=1))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert [line.split(",")[0] for line in lines] == [
+        "step 1/4 (25%)",
+        "step 2/4 (50%)",
+        "step 3/4 (75%)",
+        "step 4/4 (100%)",
+    ]
+    assert all("images/s, loss " in line and line.endswith(" left") for line in lines)

@@ -36,6 +36,8 @@ from convrnn.train.config import TrainConfig
 from convrnn.train.data import ResumableBatchSampler, build_datasets, collate, default_image_size
 from convrnn.train.evaluate import StepAccuracy, evaluate
 
+PROGRESS_EVERY_S = 30.0  # off a terminal: seconds between progress lines
+
 
 class TrainingError(RuntimeError):
     """Training stopped; the message says why and which checkpoint is the last good one."""
@@ -143,6 +145,30 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int, pla
     if cfg.schedule == "step":
         return 0.1 ** (step // max(1, cfg.step_every * steps_per_epoch))
     return 1.0
+
+
+class _ProgressLines:
+    """A one-line progress report on standard error every ``PROGRESS_EVERY_S`` seconds: step, images/s,
+    loss and the time left at the recent rate."""
+
+    def __init__(self, total: int, step: int, batch_size: int) -> None:
+        self.total, self.batch_size = total, batch_size
+        self.last_t, self.last_step = time.perf_counter(), step
+
+    def step(self, step: int, loss: Tensor) -> None:
+        now = time.perf_counter()
+        if now - self.last_t < PROGRESS_EVERY_S and step < self.total:
+            return
+        rate = (step - self.last_step) / max(now - self.last_t, 1e-9)  # steps per second, recently
+        left = (self.total - step) / rate if rate > 0 else float("inf")
+        eta = f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s"
+        print(
+            f"step {step}/{self.total} ({100 * step / self.total:.0f}%), {rate * self.batch_size:.0f} images/s, "
+            f"loss {loss.item():.3f}, {eta} left",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.last_t, self.last_step = now, step
 
 
 class _Run:
@@ -327,6 +353,8 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None 
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr, disable=None)
+    # Off a terminal tqdm stays silent (disable=None), so a redirected log gets a line every so often instead.
+    lines = _ProgressLines(total, step, cfg.batch_size) if run.writer and cfg.progress and bar.disable else None
     model.train()
     skipped = 0
     acc: StepAccuracy | None = None
@@ -379,6 +407,8 @@ def train(cfg: TrainConfig, on_eval: Callable[[int, StepAccuracy], None] | None 
                 t0 = time.perf_counter()
             if bar is not None:
                 bar.update(1)
+            if lines is not None:
+                lines.step(step, loss)
             end_of_epoch = batch == steps_per_epoch
             if end_of_epoch:
                 epoch, batch = epoch + 1, 0
