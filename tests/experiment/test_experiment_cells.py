@@ -171,3 +171,12 @@ def test_comparisons_pair_runs_by_seed():
     runs = [res(m, 0, 0.2 + 0.1 * i) for i, m in enumerate(cells.CELLS)] + [res("ff_wide", 0, 0.4)]
     runs.append(res("ff_deep", 0, 0.2))
     assert dict(cells.comparisons(runs))["mean of the 7 cells − mean of `ff_wide`, `ff_deep`"] == pytest.approx([0.2])
+
+
+def test_without_the_garments_the_digits_still_run_and_the_skip_is_said(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CONVRNN_FASHION_MNIST", str(tmp_path / "nowhere"))
+    out = tmp_path / "quick"
+    assert main(["experiment", "cells", "--quick", "--models", "ff", "--seeds", "0", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "note: skipping clutter-fashion: Fashion-MNIST: " in text and "not found" in text
+    assert (out / "clutter" / "ff" / "seed0" / "result.json").exists() and not (out / "clutter-fashion").exists()
