@@ -3,8 +3,13 @@
 convrnn list [PATTERN]                 models in the zoo
 convrnn spec NAME [--out FILE]         a model's architecture as YAML (or JSON by suffix)
 convrnn extract [IMAGES...]            features per area and time step, with a summary table
-convrnn demo                           ``extract`` on scikit-image's sample photographs
+convrnn demo                           train a small RGC on the built-in task; accuracy per 10-ms step
 convrnn download NAME... | --all       fetch, verify, convert and cache the published weights (--list: the cache)
+convrnn convert / train / eval         TF checkpoints to safetensors; training (resumable, torchrun); accuracy per step
+convrnn search [report]                architecture search (Optuna) and its report
+convrnn fit / ost                      neural predictivity per 10-ms bin; object solution times
+convrnn brainscore-plugin              a Brain-Score submission folder
+convrnn experiment cells / thesis      the papers' comparisons at laptop scale (docs/results.md)
 """
 
 from __future__ import annotations
