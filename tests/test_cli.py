@@ -95,11 +95,29 @@ def test_eval_rejects_folders_that_are_not_imagenet_layout(tmp_path, capsys):
     assert main(["eval", "--data", str(tmp_path / "one"), *args]) == 2
     assert "holds no images" in capsys.readouterr().err
     _image_folder(tmp_path / "three", ["a", "b", "c"], 1, rng)
-    with pytest.raises(SystemExit, match="has 3 classes but the model has 2 outputs"):
-        main(["eval", "--data", str(tmp_path / "three"), *args])
+    assert main(["eval", "--data", str(tmp_path / "three"), *args]) == 2  # as every bad input: one line, code 2
+    assert "has 3 classes but the model has 2 outputs" in capsys.readouterr().err
 
 
 def test_extract_defaults_to_scikit_image_photos(capsys):
     assert main(["extract", "--image-size", "32", "--width", "0.0625", "--areas", "V4", "--times", "8"]) == 0
     text = capsys.readouterr().out
     assert "astronaut" in text and "<- stimulus arrives" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--width", "0"], "width: must be > 0, got 0.0"),
+        (["train", "--width", "-1"], "width: must be > 0, got -1.0"),
+        (["train", "--threads", "0"], "threads: must be >= 1, got 0"),
+        (["train", "--image-size", "8", "--data", "."], "image_size: the models need at least 32 px, got 8"),
+        (["extract", "--image-size", "8"], "image_size: must be an integer >= 32 (px), got 8"),
+        (["extract", "--width", "0"], "width: must be a number > 0, got 0.0"),
+    ],
+)
+def test_impossible_sizes_are_one_line_errors(tmp_path, capsys, argv, message):
+    assert main([*argv, *(["--out", str(tmp_path / "run")] if argv[0] == "train" else [])]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"convrnn: {message}"
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -144,3 +144,17 @@ def test_weights_round_trip_safetensors_and_torch(tmp_path):
     torch.save(other.state_dict(), tmp_path / "gru.pt")
     with pytest.raises(ValueError, match=r"missing .*unexpected"):
         convrnn.create_model("rgc_shallow", num_classes=3, image_size=32, width=0.125, weights=tmp_path / "gru.pt")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"image_size": 1}, "image_size: must be an integer >= 32"),
+        ({"width": 0}, "width: must be a number > 0"),
+        ({"num_classes": 0}, "num_classes: must be an integer >= 1"),
+        ({"times": True}, "times: must be an integer >= 1"),
+    ],
+)
+def test_create_model_names_an_impossible_override(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        convrnn.create_model("rgc_shallow", **overrides)

@@ -30,6 +30,10 @@ from convrnn.train.trainer import TrainingError
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
+class UsageError(ValueError):
+    """A command cannot run as asked: `convrnn: <message>` on one line, exit code 2 (as every bad input)."""
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="rgc_shallow", help="zoo name (see `convrnn list`); default rgc_shallow")
     p.add_argument("--spec", type=Path, help="build from a spec YAML/JSON file instead of a zoo name")
@@ -47,7 +51,7 @@ def _build(args: argparse.Namespace) -> convrnn.ConvRNN:
     }
     if args.spec is not None:
         if overrides:
-            raise SystemExit("convrnn: --num-classes/--image-size/--width apply to zoo models, not to --spec")
+            raise UsageError("--num-classes/--image-size/--width apply to zoo models, not to --spec")
         return convrnn.create_model(ModelSpec.load(args.spec), weights=args.weights)
     return convrnn.create_model(args.model, weights=args.weights, **overrides)
 
@@ -57,7 +61,7 @@ def skimage_photos(size: int) -> tuple[torch.Tensor, list[str]]:
     try:
         from skimage import data
     except ImportError:
-        raise SystemExit("convrnn: the demo needs scikit-image (pip install 'convrnn[demo]')") from None
+        raise UsageError("the demo needs scikit-image (pip install 'convrnn[demo]')") from None
     from PIL import Image
 
     tf = eval_transform(size)
@@ -295,14 +299,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.run is not None:
         return _eval_run(args)
     if args.data is None:
-        raise SystemExit("convrnn: eval needs --data DIR (with --model) or --run DIR")
+        raise UsageError("eval needs --data DIR (with --model) or --run DIR")
     model = _build(args)
     root = Path(args.data)
     folder = root / args.split if (root / args.split).is_dir() else root
     dataset = ImageFolder(folder, eval_transform(model.spec.image_size))
     if len(dataset.classes) != model.num_classes:
-        raise SystemExit(
-            f"convrnn: {str(folder)!r} has {len(dataset.classes)} classes but the model has {model.num_classes} outputs"
+        raise UsageError(
+            f"{str(folder)!r} has {len(dataset.classes)} classes but the model has {model.num_classes} outputs"
         )
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
     acc = evaluate(model, loader, times=args.times, presentation=args.presentation, limit=args.limit)
@@ -338,7 +342,7 @@ def _eval_run(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     if not (run / "config.yaml").exists():
-        raise SystemExit(f"convrnn: --run {str(run)!r} holds no config.yaml: not a training run folder")
+        raise UsageError(f"--run {str(run)!r} holds no config.yaml: not a training run folder")
     cfg = TrainConfig.load(run / "config.yaml")
     image_size = cfg.image_size or default_image_size(cfg.data)
     _, val, classes = build_datasets(cfg.data, image_size, cfg.seed, cfg.train_size, cfg.val_size, False)
@@ -348,7 +352,7 @@ def _eval_run(args: argparse.Namespace) -> int:
     else:
         latest = load_latest(run)
         if latest is None:
-            raise SystemExit(f"convrnn: --run {str(run)!r} has no weights yet (no final/ and no checkpoint)")
+            raise UsageError(f"--run {str(run)!r} has no weights yet (no final/ and no checkpoint)")
         model.load_state_dict(latest[0])
     loader = DataLoader(val, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate)
     acc = evaluate(model, ((x, y) for x, y, _ in loader), times=args.times or cfg.times, limit=args.limit)

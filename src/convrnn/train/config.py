@@ -112,6 +112,12 @@ class TrainConfig:
             )
         if self.workers < 0:
             raise SpecError(f"workers: must be >= 0, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise SpecError(f"threads: must be >= 1, got {self.threads}")
+        if self.width is not None and not self.width > 0:
+            raise SpecError(f"width: must be > 0, got {self.width}")
+        if self.image_size is not None and self.image_size < 32:
+            raise SpecError(f"image_size: the models need at least 32 px, got {self.image_size}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from convrnn.errors import SpecError
 from convrnn.model import ConvRNN
 from convrnn.spec import ModelSpec
 
@@ -172,6 +173,7 @@ def create_model(
         spec, entry = name, None
     else:
         entry = model_entry(name)
+        _check_overrides(overrides)
         spec = entry.builder(**overrides)
     model = ConvRNN(spec.validate(), unroll=unroll, fast=fast)
     if entry is not None and entry.weights is not None:
@@ -209,6 +211,19 @@ def _frozen_decoder_scalars(model: ConvRNN, path: Path) -> None:
         from convrnn.convert.tf_names import set_decoder_scalars
 
         set_decoder_scalars(model, **frozen)
+
+
+def _check_overrides(overrides: dict[str, Any]) -> None:
+    """Builder arguments a model cannot be built with, named (a builder would fail later, or worse, not)."""
+    checks = {
+        "image_size": (lambda v: isinstance(v, int) and v >= 32, "an integer >= 32 (px)"),
+        "num_classes": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+        "width": (lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0"),
+        "times": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    }
+    for name, value in overrides.items():
+        if name in checks and (isinstance(value, bool) or not checks[name][0](value)):
+            raise SpecError(f"{name}: must be {checks[name][1]}, got {value!r}")
 
 
 def load_weights(model: ConvRNN, path: str | Path) -> None:
