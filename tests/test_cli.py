@@ -121,3 +121,25 @@ def test_impossible_sizes_are_one_line_errors(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.strip() == f"convrnn: {message}"
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_out_paths_that_cannot_be_written_are_named_before_any_work(tmp_path, capsys):
+    (tmp_path / "folder.yaml").mkdir()
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["spec", "rgc_shallow", "--out", str(tmp_path / "folder.yaml")], "is a folder; name a file in it"),
+        (["spec", "rgc_shallow", "--out", str(tmp_path / "m.txt")], "name a .yaml or .yml or .json file"),
+        (["spec", "rgc_shallow", "--out", str(tmp_path / "no" / "m.yaml")], f"no folder {str(tmp_path / 'no')!r}"),
+        (["extract", "--out", str(tmp_path / "folder.yaml")], "name a .npz file"),
+        (["train", "--out", str(tmp_path / "afile"), "--max-steps", "1"], "is a file; a run needs a folder"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder.yaml"]  # nothing half-written
+
+
+def test_extract_says_when_the_weights_are_random(capsys):
+    assert main(["extract", "--image-size", "32", "--width", "0.0625", "--areas", "V4", "--times", "6"]) == 0
+    assert "has random weights (seed 0); pass --weights" in capsys.readouterr().err

@@ -80,7 +80,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _out_file(out: Path, suffixes: tuple[str, ...]) -> Path:
+    """Check an --out file path before any work: a known suffix, an existing folder, not a folder itself."""
+    if out.suffix.lower() not in suffixes:
+        raise UsageError(f"--out {str(out)!r}: name a {' or '.join(suffixes)} file")
+    if out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a folder; name a file in it")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {str(out)!r}: no folder {str(out.parent)!r}")
+    return out
+
+
 def cmd_spec(args: argparse.Namespace) -> int:
+    if args.out:
+        _out_file(Path(args.out), (".yaml", ".yml", ".json"))
     model = _build(args)
     spec = model.spec
     if args.out:
@@ -92,6 +105,8 @@ def cmd_spec(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    if args.out:
+        _out_file(Path(args.out), (".npz",))
     torch.manual_seed(args.seed)
     model = _build(args).eval()
     size = model.spec.image_size
@@ -99,6 +114,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
         x, names = load_images(args.images, size), [p.name for p in args.images]
     else:
         x, names = skimage_photos(size)
+    if getattr(args, "weights", None) is None:
+        print(
+            f"note: {model.spec.name} has random weights (seed {args.seed}); pass --weights for trained ones",
+            file=sys.stderr,
+        )
     areas = args.areas or [a for a in ("V4", "pIT", "cIT-aIT", "IT") if a in model.spec.areas] or list(model.layers)
     with torch.no_grad():
         feats = model.features(x, areas=areas, presentation=args.presentation, times=args.times)

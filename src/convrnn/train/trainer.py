@@ -179,6 +179,8 @@ class _Run:
         self.writer = rank == 0
         if not self.writer:
             return
+        if self.dir.exists() and not self.dir.is_dir():
+            raise TrainingError(f"--out {str(self.dir)!r} is a file; a run needs a folder")
         cfg_file = self.dir / "config.yaml"
         if cfg_file.exists():
             try:
