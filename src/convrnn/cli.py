@@ -496,8 +496,18 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except (ValueError, KeyError, FileNotFoundError, ImageError, TrainingError, CheckpointWriteError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"convrnn: {msg}", file=sys.stderr)
+        print(f"convrnn: {_one_line(str(msg))}", file=sys.stderr)
         return 2
+
+
+def _one_line(msg: str) -> str:
+    """The error itself: a DataLoader worker's error arrives as "Caught X in DataLoader worker process N"
+    plus the worker's traceback, whose last line is the message (``module.X: text``)."""
+    if msg.startswith("Caught ") and "Original Traceback" in msg:
+        last = msg.strip().splitlines()[-1]
+        head, sep, text = last.partition(": ")
+        return text if sep and " " not in head else last
+    return msg
 
 
 if __name__ == "__main__":

@@ -228,6 +228,10 @@ def test_bad_data_is_a_clear_one_line_error(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "cannot read image" in err and "broken.png" in err and len(err.strip().splitlines()) == 1
+    # The same from a DataLoader worker process (torch wraps it with the worker's traceback): one line.
+    assert main(cli_args(data, tmp_path / "r5", **{"batch-size": 2, "max-steps": 3, "workers": 2})) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convrnn: cannot read image") and "broken.png" in err and len(err.strip().splitlines()) == 1
     # --skip-bad-images skips and counts them.
     assert main([*args, "--skip-bad-images", "--out", str(tmp_path / "r2")]) == 0
     assert "skipped" in capsys.readouterr().out
