@@ -11,22 +11,11 @@ import torch
 
 from convrnn.data import clutter, fashion
 from convrnn.data.clutter import ClutterConfig, ClutterDataset, generate, load_clutter, load_clutter_meta
+from tests.data.test_fashion import needs_fashion  # skips, saying why, where Fashion-MNIST is not installed
 
 pytest.importorskip("sklearn")
 
 
-def _have_fashion() -> str | None:
-    """None if the real Fashion-MNIST files are installed, else why not (as tests/data/test_fashion.py does)."""
-    try:
-        fashion.fashion_files("train")
-        fashion.fashion_files("test")
-    except FileNotFoundError as e:
-        return str(e)
-    return None
-
-
-MISSING = _have_fashion()
-needs_fashion = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 META = {"occluded": np.float32, "debris": np.int64, "exemplar": np.int64}
 
 
